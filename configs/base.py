@@ -1,0 +1,52 @@
+"""Defaults shared by every config: one comment per field.
+
+Every key a run may use is declared here (model fields aside, which the model's dataclass declares), so that
+`research.config.validate` can reject unknown keys and wrong types before any work starts.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the shared defaults; presets override fields, never add top-level keys."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, dropout (fold_in(key, step)) and the data order.
+  c.steps = 6000  # Number of optimizer steps (training length).
+  c.batch_size = 100  # Global batch size (split over the `data` mesh axis).
+  c.eval_batch_size = 1000  # Batch size of evaluation; the last batch is padded and masked.
+  c.eval_every = 250  # Evaluate on the test split every this many steps (and at the end).
+  c.log_every = 50  # Write mean train metrics every this many steps.
+  c.checkpoint_every = 1000  # Save a checkpoint every this many steps (and at the end).
+  c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
+  c.progress = True  # Progress bar on a TTY, plain log lines otherwise.
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'mnist1d'  # One of research.data.DATASETS.
+  c.dataset.data_dir = ''  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.dataset.variant = 'standard'  # mnist1d only: 'standard' or 'shuffled' (fixed permutation of positions).
+
+  # Model fields beyond `name` are the model's dataclass fields (research.models); presets set them.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cnn'  # One of research.models.MODELS.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'  # sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw.
+  c.optimizer.learning_rate = 1e-2  # Peak learning rate.
+  c.optimizer.schedule = 'constant'  # constant | warmup_cosine | step.
+  c.optimizer.warmup_steps = 0  # Linear warmup length (warmup_cosine).
+  c.optimizer.decay_every = 1000  # Step schedule: multiply the rate by decay_factor every this many steps.
+  c.optimizer.decay_factor = 0.1  # Step schedule: multiplier applied at each decay.
+  c.optimizer.min_learning_rate = 0.0  # Final rate of warmup_cosine.
+  c.optimizer.momentum = 0.9  # momentum / nesterov / rmsprop momentum (rmsprop: 0 disables).
+  c.optimizer.b1 = 0.9  # Adam/AdamW first-moment decay.
+  c.optimizer.b2 = 0.999  # Adam/AdamW second-moment decay.
+  c.optimizer.eps = 1e-8  # Adam/AdamW/RMSprop/AdaGrad epsilon.
+  c.optimizer.decay = 0.9  # RMSprop squared-gradient decay.
+  c.optimizer.weight_decay = 0.0  # adamw: decoupled decay; others: added to the gradient (PyTorch semantics).
+  c.optimizer.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
+  c.optimizer.l1 = 0.0  # L1 penalty coefficient added to the loss (sum |w| over kernels).
+  c.optimizer.l2 = 0.0  # L2 penalty coefficient added to the loss (0.5 * sum w^2 over kernels).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Devices on the data-parallel axis; -1 = all devices.
+  return c

@@ -1,0 +1,4 @@
+from configs import base
+def get_config(arg=None):
+  c = base.get_base_config()
+  return c

@@ -1,0 +1,78 @@
+"""Command-line plumbing shared by entry points: config flags with clear usage errors (exit 2, no traceback)."""
+
+import importlib.util
+import sys
+
+from absl import flags
+import ml_collections
+
+from research.config import ConfigError, validate
+
+USAGE_EXIT = 2
+
+
+def usage_error(message: str) -> None:
+  """Prints one clear error line and exits with code 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(USAGE_EXIT)
+
+
+def _load_preset(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """Loads --config=FILE[:ARG] without overrides (to explain a failed override); None if it cannot."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(':')
+  try:
+    module_spec = importlib.util.spec_from_file_location('_preset', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _explain_override(argv: list[str]) -> str | None:
+  """Names the first --config.KEY=VALUE whose KEY does not exist in the preset."""
+  preset = _load_preset(argv)
+  if preset is None:
+    return None
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    key, _, value = arg[len('--config.'):].partition('=')
+    node = preset
+    for i, part in enumerate(key.split('.')):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        group = '.'.join(key.split('.')[:i]) or 'the top level'
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        return f'unknown config key {key!r} (from {arg}); known keys in {group}: {known}'
+      node = node[part]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags_parser for app.run: a bad flag or config file becomes a usage error (exit 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    usage_error(str(e))
+  except (AttributeError, KeyError) as e:
+    usage_error(_explain_override(argv) or f'bad config override: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags reports a missing/broken config file as OSError/ImportError etc. from deep inside absl.
+    usage_error(f'could not load the config: {e}')
+  return []
+
+
+def resolved_config(config_flag_value: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """Validates the resolved config against configs/base.py; usage error on any problem."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+
+  if config_flag_value is None:
+    usage_error('--config is required, e.g. --config=configs/mnist1d.py:cnn')
+  try:
+    validate(config_flag_value, base.get_base_config())
+  except ConfigError as e:
+    usage_error(str(e))
+  return config_flag_value

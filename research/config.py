@@ -1,0 +1,117 @@
+"""Validation of a resolved config: every problem is reported as one ConfigError naming the key.
+
+Runs before any work starts (nothing is written to the workdir for a bad config). The schema is the base config
+(configs/base.py, passed in as `schema`), plus each model's dataclass fields for the `model` group.
+"""
+
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that is not allowed: names the key, the value and what is allowed."""
+
+  def __init__(self, key: str, value: Any, allowed: str):
+    self.key, self.value, self.allowed = key, value, allowed
+    super().__init__(f'config key {key!r} = {value!r}: expected {allowed}')
+
+
+def _type_name(t) -> str:
+  return getattr(t, '__name__', str(t))
+
+
+def _check_type(key: str, value: Any, expected_type) -> None:
+  """Checks `value` against a python type or a tuple[int, ...]-style annotation."""
+  if expected_type is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  elif expected_type is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif getattr(expected_type, '__origin__', None) is tuple:
+    (elem, *_) = expected_type.__args__
+    ok = isinstance(value, (tuple, list)) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
+  else:
+    ok = isinstance(value, expected_type)
+  if not ok:
+    raise ConfigError(key, value, f'a value of type {_type_name(expected_type)}')
+
+
+def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = '') -> None:
+  """Rejects unknown keys and wrong types by comparing with the base config; recurses into groups."""
+  for key, value in config.items():
+    full = prefix + key
+    if full == 'model':
+      continue  # Checked against the model's dataclass in _check_model.
+    if key not in schema:
+      raise ConfigError(full, value, f'one of the known keys {sorted(schema.keys())}')
+    expected = schema[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(full, value, 'a config group')
+      _check_keys(value, expected, full + '.')
+    else:
+      _check_type(full, value, type(expected))
+
+
+def _check_choice(key: str, value: Any, allowed) -> None:
+  if value not in allowed:
+    raise ConfigError(key, value, f'one of {sorted(allowed)}')
+
+
+def _check_model(model_config) -> None:
+  from research import models  # pylint: disable=g-import-not-at-top
+
+  _check_choice('model.name', model_config.name, models.MODELS)
+  fields = models.model_fields(model_config.name)
+  for key, value in model_config.items():
+    if key == 'name':
+      continue
+    if key not in fields:
+      raise ConfigError(f'model.{key}', value, f'a field of model {model_config.name!r}: {sorted(fields)}')
+    _check_type(f'model.{key}', value, fields[key][0])
+  rate = model_config.get('dropout_rate', 0.0)
+  if not 0.0 <= rate < 1.0:
+    raise ConfigError('model.dropout_rate', rate, 'a value in [0, 1)')
+
+
+def _check_positive(config, keys, *, allow_zero: bool = False) -> None:
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if value < 0 or (value == 0 and not allow_zero):
+      raise ConfigError(key, value, 'a value >= 0' if allow_zero else 'a value > 0')
+
+
+def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:
+  """Checks a resolved config; raises ConfigError on the first problem.
+
+  Args:
+    config: the resolved config (preset + command-line overrides).
+    schema: the base config (configs.base.get_base_config()) that declares every key and its type.
+  """
+  from research import data  # pylint: disable=g-import-not-at-top
+  from research.training import optim  # pylint: disable=g-import-not-at-top
+
+  _check_keys(config, schema)
+  _check_positive(config, ['steps', 'batch_size', 'eval_batch_size', 'eval_every', 'log_every',
+                           'checkpoint_every', 'keep_checkpoints', 'optimizer.learning_rate'])
+  _check_positive(config, ['optimizer.weight_decay', 'optimizer.grad_clip_norm', 'optimizer.l1', 'optimizer.l2',
+                           'optimizer.warmup_steps', 'optimizer.min_learning_rate', 'optimizer.eps'],
+                  allow_zero=True)
+  _check_choice('dataset.name', config.dataset.name, data.DATASETS)
+  _check_choice('dataset.variant', config.dataset.variant,
+                ('standard', 'shuffled') if config.dataset.name == 'mnist1d' else ('standard',))
+  _check_choice('optimizer.name', config.optimizer.name, optim.OPTIMIZERS)
+  _check_choice('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES)
+  for key in ('momentum', 'b1', 'b2', 'decay'):
+    value = config.optimizer[key]
+    if not 0.0 <= value < 1.0:
+      raise ConfigError(f'optimizer.{key}', value, 'a value in [0, 1)')
+  if config.optimizer.schedule == 'warmup_cosine' and config.optimizer.warmup_steps >= config.steps:
+    raise ConfigError('optimizer.warmup_steps', config.optimizer.warmup_steps, f'fewer than steps ({config.steps})')
+  if config.optimizer.decay_every <= 0:
+    raise ConfigError('optimizer.decay_every', config.optimizer.decay_every, 'a value > 0')
+  if config.mesh.data != -1 and config.mesh.data <= 0:
+    raise ConfigError('mesh.data', config.mesh.data, '-1 (all devices) or a positive device count')
+  _check_model(config.model)

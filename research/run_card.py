@@ -1,0 +1,52 @@
+"""The run card: what a run did and what it cost, written to <workdir>/run_card.json and summarised in one line."""
+
+import importlib.metadata
+import json
+import os
+import platform
+
+import jax
+
+_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets')
+
+
+def versions() -> dict[str, str]:
+  """Installed versions of the packages that determine a run's numbers."""
+  out = {'python': platform.python_version()}
+  for name in _PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = 'not installed'
+  return out
+
+
+def environment() -> dict:
+  """The backend and devices the run used."""
+  devices = jax.devices()
+  return {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
+          'device_count': len(devices), 'process_count': jax.process_count(), 'host': platform.node()}
+
+
+def write(workdir: str, card: dict) -> str:
+  """Writes run_card.json atomically (a reader never sees half a card). Returns its path."""
+  path = os.path.join(workdir, 'run_card.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(card, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+  return path
+
+
+def read(workdir: str) -> dict:
+  with open(os.path.join(workdir, 'run_card.json')) as f:
+    return json.load(f)
+
+
+def summary_line(card: dict) -> str:
+  """One line: model, steps, stop reason, final metrics, time."""
+  metrics = ' '.join(f'{k}={v:.4f}' for k, v in sorted(card['final_metrics'].items()) if v is not None)
+  return (f"[{card['model']} on {card['dataset']}] steps={card['steps']} stop={card['stop_reason']} {metrics} "
+          f"params={card['params']['count']:,} wall={card['wall_time_s']:.1f}s "
+          f"sha256={card['final_state_sha256'][:12]}")

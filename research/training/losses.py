@@ -1,0 +1,39 @@
+"""Losses and per-example metrics for classifiers, and L1/L2 weight penalties."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax cross-entropy per example.
+
+  Args:
+    logits: [batch, num_classes] float.
+    labels: [batch] int class ids.
+
+  Returns:
+    [batch] losses in nats.
+  """
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """[batch] 1.0 where argmax(logits) == label, else 0.0."""
+  return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def _weights(params) -> list[jax.Array]:
+  # Penalise weight matrices and conv kernels only (ndim >= 2): biases, norm scales and 1-D gains are left
+  # alone, as is conventional (Goodfellow et al. 2016, sec. 7.1).
+  return [w for w in jax.tree.leaves(params) if w.ndim >= 2]
+
+
+def weight_penalty(params, *, l1: float, l2: float) -> jax.Array:
+  """`l1 * sum|w| + l2 * 0.5 * sum w^2` over the weight matrices and kernels of `params`."""
+  total = jnp.zeros((), jnp.float32)
+  if l1:
+    total += l1 * sum(jnp.sum(jnp.abs(w)) for w in _weights(params))
+  if l2:
+    total += l2 * 0.5 * sum(jnp.sum(jnp.square(w)) for w in _weights(params))
+  return total

@@ -1,0 +1,72 @@
+"""Optimizer factory: the `optimizer` config group -> an optax GradientTransformation and its schedule."""
+
+from typing import Callable
+
+import optax
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine', 'step')
+
+
+def make_schedule(config, *, total_steps: int) -> optax.Schedule:
+  """Builds the learning-rate schedule.
+
+  Args:
+    config: the `optimizer` config group.
+    total_steps: training length, the horizon of warmup_cosine.
+
+  Returns:
+    step -> learning rate.
+  """
+  lr = config.learning_rate
+  if config.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if config.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=config.warmup_steps,
+        decay_steps=max(total_steps, config.warmup_steps + 1), end_value=config.min_learning_rate)
+  if config.schedule == 'step':
+    return optax.exponential_decay(
+        lr, transition_steps=config.decay_every, decay_rate=config.decay_factor, staircase=True)
+  raise ValueError(f'optimizer.schedule={config.schedule!r} is not one of {SCHEDULES}')
+
+
+def _base_optimizer(config, schedule: Callable) -> optax.GradientTransformation:
+  name = config.name
+  if name == 'sgd':
+    return optax.sgd(schedule)
+  if name in ('momentum', 'nesterov'):
+    return optax.sgd(schedule, momentum=config.momentum, nesterov=name == 'nesterov')
+  if name == 'adagrad':
+    return optax.adagrad(schedule, eps=config.eps)
+  if name == 'rmsprop':
+    return optax.rmsprop(schedule, decay=config.decay, eps=config.eps, momentum=config.momentum or None)
+  if name == 'adam':
+    return optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
+  if name == 'adamw':
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+  raise ValueError(f'optimizer.name={name!r} is not one of {OPTIMIZERS}')
+
+
+def make_optimizer(config, *, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optimizer named by `config.name` with clipping and weight decay.
+
+  Order: clip the global gradient norm, add `weight_decay * w` to the gradient (PyTorch's `weight_decay` for
+  SGD/AdaGrad/RMSprop/Adam; AdamW instead decays decoupled from the gradient, Loshchilov & Hutter 2019), then the
+  optimizer's update.
+
+  Args:
+    config: the `optimizer` config group.
+    total_steps: training length (for schedules).
+
+  Returns:
+    (optimizer, schedule); the schedule is returned so the step can log the learning rate.
+  """
+  schedule = make_schedule(config, total_steps=total_steps)
+  parts = []
+  if config.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.weight_decay > 0 and config.name != 'adamw':
+    parts.append(optax.add_decayed_weights(config.weight_decay))
+  parts.append(_base_optimizer(config, schedule))
+  return optax.chain(*parts), schedule
