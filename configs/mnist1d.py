@@ -1,4 +1,38 @@
+r"""MNIST-1D presets (Greydanus 2020, "Scaling down deep learning"): the paper's models and training recipe.
+
+Recipe from the paper's code (mnist1d `get_model_args`): Adam, lr 1e-2, batch 100, 6000 steps, eval every 250.
+Paper test accuracy: logreg 32%, MLP 68%, CNN 94%, GRU 91%.
+
+  python -m experiments.train --config=configs/mnist1d.py:cnn --workdir=runs/mnist1d_cnn
+  python -m experiments.train --config=configs/mnist1d.py:gru --workdir=runs/mnist1d_gru --config.steps=2000
+"""
+
+import ml_collections
+
 from configs import base
-def get_config(arg=None):
-  c = base.get_base_config()
-  return c
+
+# Every model field is listed (so each can be overridden); values are the paper's where it has them.
+MODELS = {
+    'logreg': {},
+    'mlp': dict(hidden_size=100, dropout_rate=0.0),
+    'cnn': dict(channels=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1, dropout_rate=0.0),
+    'gru': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
+    'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
+    'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0),
+}
+
+
+def get_config(arg: str = 'cnn') -> ml_collections.ConfigDict:
+  """Returns the MNIST-1D preset `arg`, one of MODELS."""
+  if arg not in MODELS:
+    raise ValueError(f'configs/mnist1d.py preset {arg!r}: expected one of {sorted(MODELS)}')
+  config = base.get_base_config()
+  config.dataset.name = 'mnist1d'
+  config.model.name = arg
+  config.model.update(MODELS[arg])
+  config.steps = 6000
+  config.batch_size = 100
+  config.eval_every = 250
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 1e-2
+  return config

@@ -4,6 +4,7 @@ import importlib.util
 import sys
 
 from absl import flags
+from absl import logging
 import ml_collections
 
 from research.config import ConfigError, validate
@@ -53,6 +54,8 @@ def _explain_override(argv: list[str]) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flags_parser for app.run: a bad flag or config file becomes a usage error (exit 2)."""
+  # absl logs INFO to stderr by default; Orbax then prints a dozen lines per checkpoint. Warnings still show.
+  logging.set_verbosity(logging.WARNING)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 
 def _type_name(t) -> str:
-  return getattr(t, '__name__', str(t))
+  return str(t) if getattr(t, '__origin__', None) else t.__name__  # 'tuple[int, ...]', 'int'
 
 
 def _check_type(key: str, value: Any, expected_type) -> None:

@@ -46,7 +46,7 @@ def read(workdir: str) -> dict:
 
 def summary_line(card: dict) -> str:
   """One line: model, steps, stop reason, final metrics, time."""
-  metrics = ' '.join(f'{k}={v:.4f}' for k, v in sorted(card['final_metrics'].items()) if v is not None)
+  metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(card['final_metrics'].items()) if v is not None)
   return (f"[{card['model']} on {card['dataset']}] steps={card['steps']} stop={card['stop_reason']} {metrics} "
           f"params={card['params']['count']:,} wall={card['wall_time_s']:.1f}s "
           f"sha256={card['final_state_sha256'][:12]}")

@@ -102,7 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       steps_lib.make_train_step(model, tx, schedule, l1=config.optimizer.l1, l2=config.optimizer.l2),
       in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(steps_lib.make_eval_step(model))
+  eval_step = jax.jit(steps_lib.make_eval_step(model), in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                      out_shardings=replicated)
   run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size,
                                      mesh=mesh)
 
