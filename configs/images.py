@@ -12,7 +12,7 @@ MODELS = {
     'lenet5': dict(dropout_rate=0.0),
     'gru': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1),
     'lstm': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1),
-    'transformer': dict(d_model=64, num_heads=4, num_layers=4, mlp_ratio=4, dropout_rate=0.1),
+    'transformer': dict(d_model=64, num_heads=4, num_layers=4, mlp_ratio=4, dropout_rate=0.1, patch_size=1),
 }
 
 

@@ -18,7 +18,7 @@ MODELS = {
     'cnn': dict(channels=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1, dropout_rate=0.0),
     'gru': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
     'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
-    'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0),
+    'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0, patch_size=4),
 }
 
 

@@ -59,7 +59,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    usage_error(str(e))
+    # config_flags embeds the preset's traceback in the message; its last line is the actual error.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    usage_error(f'{lines[0]} {lines[-1]}' if 'Traceback' in str(e) else str(e))
   except (AttributeError, KeyError) as e:
     usage_error(_explain_override(argv) or f'bad config override: {e}')
   except Exception as e:  # pylint: disable=broad-except
@@ -68,10 +70,17 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
-def resolved_config(config_flag_value: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
-  """Validates the resolved config against configs/base.py; usage error on any problem."""
+def resolved_config(config_flag: flags.FlagHolder) -> ml_collections.ConfigDict:
+  """Returns the --config value validated against configs/base.py; usage error on any problem."""
   from configs import base  # pylint: disable=g-import-not-at-top
 
+  try:
+    config_flag_value = config_flag.value
+    if config_flag_value is not None:
+      config_flag_value.keys()  # A failed load is a proxy that raises on first use: trigger it here.
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags defers a missing/broken config file's error (OSError, ImportError, ...) to the first access.
+    usage_error(f'could not load the config: {" ".join(str(e).split())}')
   if config_flag_value is None:
     usage_error('--config is required, e.g. --config=configs/mnist1d.py:cnn')
   try:

@@ -24,7 +24,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; an exis
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f'unexpected arguments: {argv[1:]}')
-  config = cli.resolved_config(_CONFIG.value)
+  config = cli.resolved_config(_CONFIG)
   if not _WORKDIR.value:
     cli.usage_error('--workdir is required')
   from research.training import loop  # pylint: disable=g-import-not-at-top  (heavy; after validation)

@@ -82,8 +82,13 @@ def test_missing_config_file_and_preset_exit_2(tmp_path, env):
   proc = _run([sys.executable, '-m', 'experiments.train', '--config=configs/nope.py:cnn',
                f'--workdir={tmp_path}/w'], env)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  proc = _run([sys.executable, '-m', 'experiments.train', '--config=configs/mnist1d.py:resnet',
+               f'--workdir={tmp_path}/w'], env)
+  assert proc.returncode == 2 and "preset 'resnet': expected one of" in proc.stderr
+  assert 'Traceback' not in proc.stderr
   proc = _run([sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}/w'], env)
   assert proc.returncode == 2 and '--config is required' in proc.stderr
+  assert not (tmp_path / 'w').exists()
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=120):
