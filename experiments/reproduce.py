@@ -9,7 +9,6 @@ Each (model, seed) is an ordinary training run in OUT/runs/MODEL_sSEED (rerunnin
 interrupted ones). Writes OUT/table.md, OUT/summary.json and OUT/curves.png, and prints the table.
 """
 
-import json
 import os
 import sys
 import time

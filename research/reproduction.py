@@ -64,7 +64,7 @@ def format_table(summary: dict, *, variant: str) -> str:
 
 def plot_curves(runs: dict[str, list[RunResult]], path: str, *, title: str) -> None:
   """Test accuracy vs step: mean over seeds with a min–max band, one line per model."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(8, 4.5))
   for name, results in runs.items():
     steps = results[0].eval_steps
     n = min(len(r.eval_accuracy) for r in results)
@@ -73,7 +73,7 @@ def plot_curves(runs: dict[str, list[RunResult]], path: str, *, title: str) -> N
     ax.fill_between(steps[:n], acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
   ax.set(xlabel='step', ylabel='test accuracy', title=title, ylim=(0, 1))
   ax.grid(alpha=0.3)
-  ax.legend(loc='lower right')
+  ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0))  # Outside the axes: never hides a curve.
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
