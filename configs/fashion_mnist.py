@@ -1,15 +1,17 @@
-"""Fashion-MNIST presets (needs the TFDS `fashion_mnist` dataset prepared: internet on first use).
+"""Fashion-MNIST presets, the MNIST recipes on Fashion-MNIST (needs the TFDS `fashion_mnist` dataset: prepared on
+first use with internet, or already in --config.dataset.data_dir).
 
-  python -m experiments.train --config=configs/fashion_mnist.py:cnn2d --workdir=runs/fmnist_cnn2d
+  python -m experiments.train --config=configs/fashion_mnist.py:cnn --workdir=runs/fmnist_cnn
 """
 
 import ml_collections
 
-from configs import images
-
-PRESETS = ('mlp', 'cnn2d', 'lenet5')
+from configs import images, mnist
 
 
-def get_config(arg: str = 'cnn2d') -> ml_collections.ConfigDict:
-  """Fashion-MNIST preset `arg`, one of PRESETS: about 10 epochs of batch 128."""
-  return images.image_config('fashion_mnist', arg, allowed=PRESETS, steps=5000)
+def get_config(arg: str = 'cnn') -> ml_collections.ConfigDict:
+  """Fashion-MNIST preset `arg`, one of configs/mnist.py's PRESETS."""
+  if arg not in mnist.PRESETS:
+    raise ValueError(f'configs/fashion_mnist.py preset {arg!r}: expected one of {sorted(mnist.PRESETS)}')
+  return images.image_config('fashion_mnist', num_train=mnist.NUM_TRAIN, epochs=10, batch_size=128,
+                             **mnist.PRESETS[arg])

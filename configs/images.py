@@ -7,7 +7,7 @@ from configs import base
 # Every model field is listed (so each can be overridden).
 MODELS = {
     'logreg': {},
-    'mlp': dict(hidden_size=256, dropout_rate=0.0),
+    'mlp': dict(hidden_size=1024, dropout_rate=0.5, residual=False),
     'cnn2d': dict(channels=(32, 64), hidden_size=128, dropout_rate=0.25),
     'lenet5': dict(dropout_rate=0.0),
     'gru': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1),
@@ -16,21 +16,33 @@ MODELS = {
 }
 
 
-def image_config(dataset: str, arg: str, *, allowed: tuple[str, ...], steps: int) -> ml_collections.ConfigDict:
-  """A preset for `dataset` with model `arg`: Adam 1e-3, batch 128, cosine decay with 2% warmup."""
-  if arg not in allowed:
-    raise ValueError(f'configs/{dataset}.py preset {arg!r}: expected one of {sorted(allowed)}')
+def image_config(dataset: str, model: str, *, num_train: int, epochs: int, batch_size: int = 128,
+                 optimizer: str = 'adam', learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+  """A preset for `dataset` with model `model`, trained for `epochs` passes over `num_train` examples.
+
+  Args:
+    dataset: a dataset name of research.data.DATASETS.
+    model: a key of MODELS.
+    num_train: train-split size (to turn epochs into steps).
+    epochs: passes over the train split.
+    batch_size: global batch size.
+    optimizer: optimizer name; 'momentum' uses momentum 0.9.
+    learning_rate: constant learning rate.
+
+  Returns:
+    The config.
+  """
   config = base.get_base_config()
   config.dataset.name = dataset
-  config.model.name = arg
-  config.model.update(MODELS[arg])
-  config.steps = steps
-  config.batch_size = 128
+  config.model.name = model
+  config.model.update(MODELS[model])
+  config.batch_size = batch_size
+  config.steps = epochs * num_train // batch_size
   config.eval_batch_size = 1000
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
-  config.optimizer.name = 'adam'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'warmup_cosine'
-  config.optimizer.warmup_steps = steps // 50
+  config.eval_every = max(config.steps // 10, 1)
+  config.log_every = min(100, config.eval_every)
+  config.checkpoint_every = config.eval_every
+  config.optimizer.name = optimizer
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.momentum = 0.9
   return config

@@ -14,7 +14,7 @@ from configs import base
 # Every model field is listed (so each can be overridden); values are the paper's where it has them.
 MODELS = {
     'logreg': {},
-    'mlp': dict(hidden_size=100, dropout_rate=0.0),
+    'mlp': dict(hidden_size=100, dropout_rate=0.0, residual=True),
     'cnn': dict(channels=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1, dropout_rate=0.0),
     'gru': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
     'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),

@@ -9,6 +9,8 @@ Writes to --workdir: config.json, metrics.jsonl, TensorBoard events, checkpoints
 Exit codes: 0 success (also a clean stop on SIGTERM/SIGINT), 2 bad config or usage, 1 anything else.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,11 +29,15 @@ def main(argv: list[str]) -> None:
   config = cli.resolved_config(_CONFIG)
   if not _WORKDIR.value:
     cli.usage_error('--workdir is required')
-  from research.training import loop  # pylint: disable=g-import-not-at-top  (heavy; after validation)
+  from research import data  # pylint: disable=g-import-not-at-top  (heavy; after validation)
+  from research.training import loop  # pylint: disable=g-import-not-at-top
   try:
     card = loop.train_and_evaluate(config, _WORKDIR.value)
   except ConfigError as e:  # Device-dependent checks (mesh vs devices) happen once JAX is up.
     cli.usage_error(str(e))
+  except data.DataUnavailableError as e:  # Before the workdir is created: nothing half-written.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   print(run_card.summary_line(card), flush=True)
 
 

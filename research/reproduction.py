@@ -84,11 +84,12 @@ def write_results(out: str, runs: dict[str, list[RunResult]], *, paper: dict, va
   os.makedirs(out, exist_ok=True)
   summary = summarize(runs, paper)
   table = format_table(summary, variant=variant)
-  versions = run_card.versions()
+  versions, machine = run_card.versions(), run_card.environment()
   with open(os.path.join(out, 'table.md'), 'w') as f:
-    f.write(table + f'\n\nCommand: `{command}`\n\nVersions: {json.dumps(versions)}\n')
+    f.write(table + f'\n\nCommand: `{command}`\n\nMachine: {json.dumps(machine)}\n\nVersions: {json.dumps(versions)}\n')
   with open(os.path.join(out, 'summary.json'), 'w') as f:
-    json.dump({'models': summary, 'variant': variant, 'command': command, 'versions': versions}, f, indent=2)
+    json.dump({'models': summary, 'variant': variant, 'command': command, 'machine': machine,
+               'versions': versions}, f, indent=2)
     f.write('\n')
   plot_curves(runs, os.path.join(out, 'curves.png'), title=f'MNIST-1D ({variant})')
   return table

@@ -21,11 +21,20 @@ def versions() -> dict[str, str]:
   return out
 
 
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
-  """The backend and devices the run used."""
+  """The machine, backend and devices the run used."""
   devices = jax.devices()
   return {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-          'device_count': len(devices), 'process_count': jax.process_count(), 'host': platform.node()}
+          'device_count': len(devices), 'process_count': jax.process_count(), 'host': platform.node(),
+          'cpu': _cpu_model(), 'cpu_count': os.cpu_count(), 'platform': platform.platform()}
 
 
 def write(workdir: str, card: dict) -> str:

@@ -10,9 +10,9 @@ from research.config import ConfigError, validate
 
 PRESETS = {
     'mnist1d': ('logreg', 'mlp', 'cnn', 'gru', 'lstm', 'transformer'),
-    'mnist': ('logreg', 'mlp', 'cnn2d', 'lenet5', 'gru', 'lstm', 'transformer'),
-    'fashion_mnist': ('mlp', 'cnn2d', 'lenet5'),
-    'cifar10': ('cnn2d', 'lenet5', 'transformer'),
+    'mnist': ('cnn', 'mlp', 'lenet5', 'logreg', 'gru', 'lstm', 'transformer'),
+    'fashion_mnist': ('cnn', 'mlp', 'lenet5', 'logreg', 'gru', 'lstm', 'transformer'),
+    'cifar10': ('lenet5', 'cnn', 'transformer'),
 }
 ALL = [(f, p) for f, presets in PRESETS.items() for p in presets]
 

@@ -9,9 +9,10 @@
 
 from research.data.datasets import Dataset
 from research.data.datasets import DATASETS
+from research.data.datasets import DataUnavailableError
 from research.data.datasets import DatasetSpec
 from research.data.datasets import load_dataset
 from research.data.pipeline import eval_batches
 from research.data.pipeline import make_train_iterator
 
-__all__ = ['DATASETS', 'Dataset', 'DatasetSpec', 'eval_batches', 'load_dataset', 'make_train_iterator']
+__all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'load_dataset', 'make_train_iterator']

@@ -7,6 +7,7 @@ one fancy index instead of per-record reads (see pipeline.py). Inputs stay in th
 """
 
 import dataclasses
+import importlib.util
 import os
 from typing import Any
 
@@ -15,6 +16,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import mnist1d
+
+
+class DataUnavailableError(RuntimeError):
+  """A dataset that is neither prepared nor preparable here; the message says how to provide it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,16 +152,22 @@ def _open_splits(spec: DatasetSpec, *, variant: str, data_dir: str) -> dict[str,
     builder = spec.builder_cls(config=variant, data_dir=data_dir)
     builder.download_and_prepare(file_format='array_record')  # A no-op once the files exist.
     return builder.as_data_source(split=splits)
-  try:
-    return tfds.data_source(spec.tfds_name, split=splits, data_dir=data_dir)
-  except ModuleNotFoundError as e:
-    if 'tensorflow' not in str(e):
-      raise
-    raise RuntimeError(
-        f'Preparing {spec.tfds_name!r} in {data_dir} needs TensorFlow (TFDS encodes its images with '
-        f'tf.image). Install tensorflow once, or run `tfds build {spec.tfds_name} '
-        f'--file_format=array_record --data_dir={data_dir}` where it is installed; reading the '
-        'prepared files needs no TensorFlow.') from e
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if not builder.is_prepared() and not _preparation_is_mocked():
+    # TFDS would first retry the download for minutes offline, then fail for want of TensorFlow (it encodes
+    # these images with tf.image): say at once what is missing and how to provide it.
+    if importlib.util.find_spec('tensorflow') is None:
+      raise DataUnavailableError(
+          f'dataset {spec.tfds_name!r} is not prepared in {data_dir}; preparing it needs internet and TensorFlow '
+          f'(pip install tensorflow, then `tfds build {spec.tfds_name} --file_format=array_record '
+          f'--data_dir={data_dir}`), or point --config.dataset.data_dir at a directory that holds it')
+    builder.download_and_prepare(file_format='array_record')
+  return tfds.data_source(spec.tfds_name, split=splits, data_dir=data_dir)
+
+
+def _preparation_is_mocked() -> bool:
+  """True under tfds.testing.mock_data, which fakes preparation and reading (then nothing needs preparing)."""
+  return tfds.core.DatasetBuilder.download_and_prepare.__module__.startswith('tensorflow_datasets.testing')
 
 
 def _read_into_memory(records: Any, spec: DatasetSpec) -> ArraySource:

@@ -6,10 +6,13 @@ import os
 import signal
 import threading
 import time
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from research import checkpointing, data, metrics as metrics_lib, models, run_card, sharding
 from research.training import optim, steps as steps_lib
@@ -42,6 +45,50 @@ class Timers:
   train_s: float = 0.0
   eval_s: float = 0.0
   checkpoint_s: float = 0.0
+
+
+class ModelAndState(NamedTuple):
+  """What a config builds before any data is read: the model, its optimizer and the initial train state."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state: TrainState
+
+
+def create_model_and_state(config, *, num_classes: int, input_shape: tuple[int, ...], mesh,
+                           abstract: bool = False) -> ModelAndState:
+  """Builds the model, optimizer and initial state of `config` on `mesh`.
+
+  Training starts from this state; inference restores a checkpoint into its abstract twin, so both see one tree.
+
+  Args:
+    config: a validated config (model, optimizer, steps and seed are read).
+    num_classes: number of output logits.
+    input_shape: one example's shape, e.g. (40,).
+    mesh: the device mesh; the state is replicated over it.
+    abstract: return the state's jax.ShapeDtypeStructs (with shardings) instead of arrays: a restore template
+      that skips compiling and running the initialisation (seconds on CPU).
+
+  Returns:
+    ModelAndState(model, tx, schedule, state).
+  """
+  model = models.get_model(config.model, num_classes=num_classes)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.steps)
+  init = lambda: create_train_state(model, tx, input_shape=input_shape, seed=config.seed, mesh=mesh)
+  if abstract:
+    # eval_shape drops the shardings; create_train_state replicates every leaf.
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+                         jax.eval_shape(init))
+  else:
+    state = init()
+  return ModelAndState(model, tx, schedule, state)
+
+
+def make_jit_eval_step(model: nn.Module, mesh):
+  """The eval step jit-compiled with replicated params and the batch split over the mesh's data axis."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(steps_lib.make_eval_step(model), in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=replicated)
 
 
 def evaluate(eval_step, params, dataset: data.Dataset, split: str, *, batch_size: int, mesh) -> dict:
@@ -80,9 +127,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
                                                       'eval_batch_size': config.eval_batch_size})
   dataset = data.load_dataset(config.dataset)
-  model = models.get_model(config.model, num_classes=dataset.num_classes)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.steps)
-  state = create_train_state(model, tx, input_shape=dataset.input_shape, seed=config.seed, mesh=mesh)
+  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
+                                                      input_shape=dataset.input_shape, mesh=mesh)
   train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
 
   os.makedirs(workdir, exist_ok=True)  # Only now: a config that fails the checks above writes nothing.
@@ -102,8 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       steps_lib.make_train_step(model, tx, schedule, l1=config.optimizer.l1, l2=config.optimizer.l2),
       in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(steps_lib.make_eval_step(model), in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                      out_shardings=replicated)
+  eval_step = make_jit_eval_step(model, mesh)
   run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size,
                                      mesh=mesh)
 
