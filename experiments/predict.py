@@ -5,12 +5,13 @@ Usage:
   python -m experiments.predict --workdir=runs/cnn --inputs=x.npy --out=pred.npy --batch_size=500
 
 --inputs holds [N, *input_shape] raw inputs as the dataset stores them (MNIST-1D: [N, 40] floats; images: 0-255
-pixels), or one example. Prints the first rows (index, class, probability) and the class counts, or with --out
-writes the labels (int32 [N]) to the .npy and a summary next to it (.json); then the batch-1 latency (p50/p99)
-and the throughput at --batch_size, measured on one device after a warm-up call.
+pixels), or one example. Prints the first rows (index, class, probability) and the count per class; with --out
+also writes all labels (int32 [N]) to the .npy and a summary next to it (.json); then the batch-1 latency
+(p50/p99) and the throughput at --batch_size, measured on one device after a warm-up call.
 Exit codes: 0 success, 2 bad usage, bad inputs or no trained run in --workdir, 1 anything else.
 """
 
+import dataclasses
 import json
 import os
 
@@ -47,13 +48,13 @@ def _class_counts(labels: np.ndarray, num_classes: int) -> dict[int, int]:
   return {c: int(n) for c, n in enumerate(np.bincount(labels, minlength=num_classes))}
 
 
-def _print_rows(preds, num_classes: int) -> None:
+def _print_rows(preds, num_classes: int, *, written: bool) -> None:
   n = len(preds.labels)
   print(f'{"index":>6}  {"class":>5}  {"probability":>11}')
   for i in range(min(n, SHOWN_ROWS)):
     print(f'{i:>6}  {preds.labels[i]:>5}  {preds.probabilities[i, preds.labels[i]]:>11.4f}')
   if n > SHOWN_ROWS:
-    print(f'   ... {n - SHOWN_ROWS} more (--out=FILE.npy writes all)')
+    print(f'   ... {n - SHOWN_ROWS} more' + ('' if written else ' (--out=FILE.npy writes all)'))
   counts = ' '.join(f'{c}:{k}' for c, k in _class_counts(preds.labels, num_classes).items() if k)
   print(f'{n} predictions; count per predicted class: {counts}')
 
@@ -64,7 +65,7 @@ def _write(out: str, preds, run) -> None:
   summary = {'workdir': run.workdir, 'step': run.step, 'model': run.config.model.name,
              'dataset': run.config.dataset.name, 'num_predictions': len(preds.labels), 'labels_file': out,
              'class_counts': _class_counts(preds.labels, run.num_classes),
-             'timing': dict(vars(preds.timing))}
+             'timing': dataclasses.asdict(preds.timing)}
   with open(summary_path, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
     f.write('\n')
@@ -80,6 +81,9 @@ def main(argv: list[str]) -> None:
     cli.usage_error('--inputs is required: a .npy file of inputs [N, *input_shape]')
   if _OUT.value and not _OUT.value.endswith('.npy'):
     cli.usage_error(f'--out={_OUT.value} must end in .npy')
+  out_dir = os.path.dirname(os.path.abspath(_OUT.value or '.'))
+  if not os.path.isdir(out_dir):
+    cli.usage_error(f'--out={_OUT.value}: the directory {out_dir} does not exist')
   inputs = _load_inputs(_INPUTS.value)
   from research import inference  # pylint: disable=g-import-not-at-top  (heavy; after validation)
   try:
@@ -93,12 +97,12 @@ def main(argv: list[str]) -> None:
   batch_size = _BATCH_SIZE.value or run.config.eval_batch_size
   preds = inference.predict(run, inputs, batch_size=batch_size)
   print(f'{run.config.model.name} on {run.config.dataset.name}, step {run.step} ({run.workdir})')
+  _print_rows(preds, run.num_classes, written=bool(_OUT.value))
   if _OUT.value:
     _write(_OUT.value, preds, run)
-  else:
-    _print_rows(preds, run.num_classes)
   t = preds.timing
-  print(f'latency at batch 1: p50={t.p50_ms:.3f} ms p99={t.p99_ms:.3f} ms ({t.timed_examples} example{"s" if t.timed_examples != 1 else ""}); '
+  examples = f'{t.timed_examples} example' + ('s' if t.timed_examples != 1 else '')
+  print(f'latency at batch 1: p50={t.p50_ms:.3f} ms p99={t.p99_ms:.3f} ms ({examples}); '
         f'throughput at batch {t.batch_size}: {t.throughput_per_s:,.0f} examples/s ({t.device})', flush=True)
 
 

@@ -25,9 +25,14 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_state: dict) -> None:
-    """Starts saving; device arrays are copied to host before this returns, so the state may then be donated."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+    """Starts saving; device arrays are copied to host before this returns, so the state may then be donated.
+
+    `force=True`: the loop decides when to save, not Orbax's save policy; a save Orbax still declines raises.
+    """
+    saved = self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    if not saved:
+      raise RuntimeError(f'Orbax did not save the checkpoint at step {step} in {self.directory}')
 
   def restore(self, template, step: int | None = None):
     """Restores (state, data_state) at `step` (default: latest) with the shapes, dtypes and shardings of `template`.

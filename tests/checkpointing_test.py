@@ -13,16 +13,17 @@ from research.training.train_state import create_train_state, state_sha256
 
 
 class _Dense(nn.Module):
+  features: int = 4
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train
-    return nn.Dense(4)(x)
+    return nn.Dense(self.features)(x)
 
 
-def _state(seed, n_devices=8):
+def _state(seed, n_devices=8, size=3):
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': n_devices}), batch_sizes={})
-  return create_train_state(_Dense(), optax.adam(1e-3), input_shape=(3,), seed=seed, mesh=mesh)
+  return create_train_state(_Dense(features=size), optax.adam(1e-3), input_shape=(size,), seed=seed, mesh=mesh)
 
 
 def test_round_trip_is_exact_and_keeps_shardings(tmp_path):
@@ -58,3 +59,13 @@ def test_restore_without_checkpoints_returns_none(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'empty'), keep=1)
   assert ckpt.restore(_state(seed=0)) is None
   ckpt.close()
+
+
+def test_a_save_right_after_another_is_not_skipped(tmp_path):
+  # Orbax skips a save while an async one is in progress unless forced; the final checkpoint must never be lost.
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'ckpt'), keep=5)
+  state = _state(seed=1, size=2000)  # 4M params x 3 (Adam): a save slow enough to still be running.
+  for step in (10, 11, 12):
+    ckpt.save(step, state, {'s': step})
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / 'ckpt')) == ['10', '11', '12']

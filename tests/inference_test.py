@@ -83,6 +83,14 @@ def test_predict_one_example(trained, test_predictions):
   np.testing.assert_allclose(preds.logits[0], test_predictions.logits[7], rtol=1e-5, atol=1e-5)
 
 
+def test_predict_compiles_once_per_batch_shape(trained, monkeypatch):
+  forwards = []
+  make_forward = inference._make_forward  # pylint: disable=protected-access
+  monkeypatch.setattr(inference, '_make_forward', lambda model: forwards.append(make_forward(model)) or forwards[-1])
+  inference.predict(trained.run, trained.dataset.test.inputs[:250], batch_size=100, latency_examples=5)
+  assert forwards[0]._cache_size() == 2  # [100, 40] for all 3 batches (the last padded), [1, 40] for latency.
+
+
 @pytest.mark.parametrize('make_inputs,message', [
     (lambda x: x[:, :39], r'shape \(1000, 39\); expected \[N, 40\] or one example \(40,\)'),
     (lambda x: x[:, :, None], r'shape \(1000, 40, 1\); expected \[N, 40\]'),
@@ -119,12 +127,10 @@ def _cli_commands(trained, tmp):
   np.save(tmp / 'test.npy', trained.dataset.test.inputs)
   np.save(tmp / 'short.npy', trained.dataset.test.inputs[:, :39])
   return {
-      'evaluate': ['experiments.evaluate', f'--workdir={trained.workdir}'],
-      'evaluate_json': ['experiments.evaluate', f'--workdir={trained.workdir}', '--step=15', '--json'],
+      'evaluate': ['experiments.evaluate', f'--workdir={trained.workdir}', '--json'],
       'evaluate_missing': ['experiments.evaluate', f'--workdir={tmp}/nope'],
-      'predict': ['experiments.predict', f'--workdir={trained.workdir}', f'--inputs={tmp}/test.npy'],
-      'predict_out': ['experiments.predict', f'--workdir={trained.workdir}', f'--inputs={tmp}/test.npy',
-                      f'--out={tmp}/pred.npy', '--batch_size=256'],
+      'predict': ['experiments.predict', f'--workdir={trained.workdir}', f'--inputs={tmp}/test.npy',
+                  f'--out={tmp}/pred.npy', '--batch_size=256'],
       'predict_short': ['experiments.predict', f'--workdir={trained.workdir}', f'--inputs={tmp}/short.npy'],
       'predict_no_file': ['experiments.predict', f'--workdir={trained.workdir}', f'--inputs={tmp}/none.npy'],
   }
@@ -146,21 +152,16 @@ def cli(trained, tmp_path_factory):
 
 def test_evaluate_cli_prints_the_run_cards_metrics(cli, trained):
   assert cli.evaluate.rc == 0, cli.evaluate.stderr[-3000:]
-  line, = cli.evaluate.stdout.splitlines()
+  line, json_line = cli.evaluate.stdout.splitlines()
   match = re.fullmatch(r'\[mlp on mnist1d\] step=30 split=test loss=(\S+) accuracy=(\S+) examples=1000', line)
   assert match, line
   final = trained.card['final_metrics']
   assert float(match[2]) == round(final['test_accuracy'], 4)
-  assert float(match[1]) == pytest.approx(final['test_loss'], abs=1e-4)  # 1 device: sums in another order.
-
-
-def test_evaluate_cli_json_at_a_step(cli, trained):
-  assert cli.evaluate_json.rc == 0, cli.evaluate_json.stderr[-3000:]
-  result = json.loads(cli.evaluate_json.stdout)
-  expected = inference.evaluate(inference.load_run(trained.workdir, step=15), 'test')
-  assert result['step'] == 15 and result['split'] == 'test' and result['num_examples'] == 1000
-  assert result['accuracy'] == expected['accuracy']
-  assert result['loss'] == pytest.approx(expected['loss'], rel=1e-6)
+  assert float(match[1]) == pytest.approx(final['test_loss'], abs=1e-4)
+  result = json.loads(json_line)
+  assert (result['step'], result['split'], result['num_examples']) == (30, 'test', 1000)
+  assert result['accuracy'] == final['test_accuracy']  # Counts: exact on any device count.
+  assert result['loss'] == pytest.approx(final['test_loss'], rel=1e-6)  # 1 device: sums in another order.
 
 
 def test_predict_cli_prints_rows_and_latency(cli, trained, test_predictions):
@@ -170,21 +171,22 @@ def test_predict_cli_prints_rows_and_latency(cli, trained, test_predictions):
   rows = [tuple(line.split()) for line in lines[2:22]]
   labels, probabilities = test_predictions.labels, test_predictions.probabilities
   assert rows == [(str(i), str(labels[i]), f'{probabilities[i, labels[i]]:.4f}') for i in range(20)]
-  assert lines[22] == '   ... 980 more (--out=FILE.npy writes all)'
+  assert lines[1].split() == ['index', 'class', 'probability'] and lines[22] == '   ... 980 more'
   assert lines[23].startswith('1000 predictions; count per predicted class: ')
   assert re.fullmatch(r'latency at batch 1: p50=\S+ ms p99=\S+ ms \(100 examples\); '
-                      r'throughput at batch 1000: [\d,]+ examples/s \(cpu\)', lines[24]), lines[24]
+                      r'throughput at batch 256: [\d,]+ examples/s \(cpu\)', lines[-1]), lines[-1]
 
 
 def test_predict_cli_writes_labels_and_summary(cli, test_predictions):
-  assert cli.predict_out.rc == 0, cli.predict_out.stderr[-3000:]
+  assert cli.predict.rc == 0, cli.predict.stderr[-3000:]
   np.testing.assert_array_equal(np.load(cli.tmp / 'pred.npy'), test_predictions.labels)
   with open(cli.tmp / 'pred.json') as f:
     summary = json.load(f)
   assert summary['num_predictions'] == 1000 and summary['step'] == 30
   assert summary['timing']['batch_size'] == 256 and summary['timing']['timed_examples'] == 100
   assert sum(summary['class_counts'].values()) == 1000
-  assert f'wrote 1000 labels (int32) to {cli.tmp}/pred.npy' in cli.predict_out.stdout
+  assert cli.predict.stdout.splitlines()[24] == (f'wrote 1000 labels (int32) to {cli.tmp}/pred.npy and a summary '
+                                                 f'to {cli.tmp}/pred.json')
 
 
 @pytest.mark.parametrize('name,message', [

@@ -139,4 +139,4 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, env):
   assert proc.returncode == 0, stderr[-3000:]
   card = _card(workdir)
   assert card['stop_reason'] == 'preempted' and 0 < card['steps'] < 2500
-  assert str(card['steps']) in os.listdir(workdir / 'checkpoints')
+  assert str(card['steps']) in os.listdir(workdir / 'checkpoints'), stderr[-3000:]

@@ -170,7 +170,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       step += 1
       pending.append(step_metrics)
       progress.update(step)
-      done = step == config.steps or stop.signal_name is not None
+      # One reading of the stop flag per step: a signal arriving later in this iteration (say, during the eval)
+      # waits for the next step rather than breaking out of this one without its checkpoint.
+      stopping = stop.signal_name is not None
+      done = step == config.steps or stopping
       if step % config.log_every == 0 or done:
         last_train = _mean_metrics(pending)
         pending = []
@@ -185,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         t0 = time.time()
         ckpt.save(step, state, train_iter.get_state())
         timers.checkpoint_s += time.time() - t0
-      if stop.signal_name is not None:
+      if stopping:
         stop_reason = 'preempted'
         print(f'\nReceived {stop.signal_name}: stopped at step {step} with a checkpoint.', flush=True)
         break
