@@ -27,10 +27,11 @@ _QUICK = flags.DEFINE_bool('quick', False, f'One seed and {QUICK_STEPS} steps pe
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default results/<benchmark>[_<variant>][_quick]).')
 _VARIANT = flags.DEFINE_enum('variant', 'standard', ['standard', 'shuffled'], 'MNIST-1D variant.')
 _MODELS = flags.DEFINE_list('models', list(MODELS), f'Subset of {MODELS}.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Override the steps of every run (a tiny budget for smoke tests).')
 
 
-def run_config(model: str, *, seed: int, variant: str, quick: bool):
-  """The preset for `model` with the run's seed, variant and length."""
+def run_config(model: str, *, seed: int, variant: str, quick: bool, steps: int | None = None):
+  """The preset for `model` with the run's seed, variant and length (`steps` overrides the length)."""
   from configs import base, mnist1d  # pylint: disable=g-import-not-at-top
 
   config = mnist1d.get_config(model)
@@ -39,6 +40,9 @@ def run_config(model: str, *, seed: int, variant: str, quick: bool):
   config.progress = False
   if quick:
     config.steps = QUICK_STEPS
+  if steps is not None:
+    config.steps = steps
+    config.eval_every = max(1, min(config.eval_every, steps // 2))
   config.checkpoint_every = config.steps  # One checkpoint at the end: these runs are short.
   from research.config import validate  # pylint: disable=g-import-not-at-top
   validate(config, base.get_base_config())
@@ -53,6 +57,8 @@ def main(argv: list[str]) -> None:
     cli.usage_error(f'--models: unknown {unknown}; allowed {list(MODELS)}')
   if _SEEDS.value <= 0:
     cli.usage_error(f'--seeds={_SEEDS.value}: expected a positive integer')
+  if _STEPS.value is not None and _STEPS.value <= 0:
+    cli.usage_error(f'--steps={_STEPS.value}: expected a positive integer')
   from research import reproduction  # pylint: disable=g-import-not-at-top  (heavy)
 
   variant, quick = _VARIANT.value, _QUICK.value
@@ -64,7 +70,7 @@ def main(argv: list[str]) -> None:
   total = len(_MODELS.value) * seeds
   for i, model in enumerate(_MODELS.value):
     for seed in range(seeds):
-      config = run_config(model, seed=seed, variant=variant, quick=quick)
+      config = run_config(model, seed=seed, variant=variant, quick=quick, steps=_STEPS.value)
       workdir = os.path.join(out, 'runs', f'{model}_s{seed}')
       done = i * seeds + seed
       print(f'[{done + 1}/{total}] {model} seed {seed}: {config.steps} steps -> {workdir} '
