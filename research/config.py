@@ -74,6 +74,23 @@ def _check_model(model_config) -> None:
     raise ConfigError('model.dropout_rate', rate, 'a value in [0, 1)')
 
 
+def _check_model_builds(model_config, dataset_name: str) -> None:
+  """Traces the model's init on abstract inputs (no compute): inconsistent fields fail here, not mid-run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research import data, models  # pylint: disable=g-import-not-at-top
+
+  spec = data.DATASETS[dataset_name]
+  model = models.get_model(model_config, num_classes=spec.num_classes)
+  inputs = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
+  try:
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), inputs)
+  except (ValueError, TypeError) as e:
+    fields = {k: v for k, v in model_config.items() if k != 'name'}
+    raise ConfigError('model', fields, f'fields that build a {model_config.name!r} model for '
+                      f'{dataset_name} inputs {spec.input_shape}; building it failed: {str(e).splitlines()[0]}') from e
+
+
 def _check_positive(config, keys, *, allow_zero: bool = False) -> None:
   for key in keys:
     value = config
@@ -115,3 +132,4 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   if config.mesh.data != -1 and config.mesh.data <= 0:
     raise ConfigError('mesh.data', config.mesh.data, '-1 (all devices) or a positive device count')
   _check_model(config.model)
+  _check_model_builds(config.model, config.dataset.name)

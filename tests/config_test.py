@@ -68,3 +68,16 @@ def test_unknown_keys_are_rejected():
     config.model.hidden = 3
   with pytest.raises(ConfigError, match="'model.hidden'.*a field of model 'cnn'"):
     validate(config, base.get_base_config())
+
+
+@pytest.mark.parametrize('preset,field,value,match', [
+    ('cnn', 'channels', (8, 8), 'must have the same length'),
+    ('transformer', 'num_heads', 5, 'must be divisible by model.num_heads'),
+    ('transformer', 'patch_size', 3, 'patch_size'),
+])
+def test_fields_that_cannot_build_the_model_are_rejected_before_training(preset, field, value, match):
+  config = _get('mnist1d', preset)
+  config.model[field] = value
+  with pytest.raises(ConfigError, match=match) as info:
+    validate(config, base.get_base_config())
+  assert info.value.key == 'model'
