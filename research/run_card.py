@@ -7,6 +7,8 @@ import platform
 
 import jax
 
+from research.training import train_state
+
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets')
 
 
@@ -35,6 +37,25 @@ def environment() -> dict:
   return {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
           'device_count': len(devices), 'process_count': jax.process_count(), 'host': platform.node(),
           'cpu': _cpu_model(), 'cpu_count': os.cpu_count(), 'platform': platform.platform()}
+
+
+def build(config, state, *, steps: int, stop_reason: str, resumed_from_step: int, wall_time_s: float,
+          time: dict, final_metrics: dict) -> dict:
+  """The run card of a finished (or stopped) run; see the contract in README ("What a run writes")."""
+  return {
+      'model': config.model.name,
+      'dataset': config.dataset.name,
+      'steps': steps,
+      'stop_reason': stop_reason,
+      'resumed_from_step': resumed_from_step,
+      'wall_time_s': wall_time_s,
+      'time': time,
+      'final_metrics': final_metrics,
+      'final_state_sha256': train_state.state_sha256(state),
+      'params': {'count': train_state.count_params(state.params)},
+      'environment': environment(),
+      'versions': versions(),
+  }
 
 
 def write(workdir: str, card: dict) -> str:

@@ -16,7 +16,7 @@ import optax
 
 from research import checkpointing, data, metrics as metrics_lib, models, run_card, sharding
 from research.training import optim, steps as steps_lib
-from research.training.train_state import TrainState, count_params, create_train_state, state_sha256
+from research.training.train_state import TrainState, create_train_state
 
 
 class StopRequest:
@@ -108,6 +108,17 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return {k: float(v) for k, v in jax.device_get(stacked).items()}
 
 
+def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter) -> TrainState:
+  """Restores the newest checkpoint into `state` and `train_iter`, if there is one; returns the state."""
+  restored = ckpt.restore(state)
+  if restored is None:
+    return state
+  state, data_state = restored
+  train_iter.set_state(data_state)
+  print(f'Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}', flush=True)
+  return state
+
+
 def _write_config(workdir: str, config) -> None:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
@@ -133,13 +144,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   os.makedirs(workdir, exist_ok=True)  # Only now: a config that fails the checks above writes nothing.
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  restored = ckpt.restore(state)
-  if restored is not None:
-    state, data_state = restored
-    train_iter.set_state(data_state)
+  state = _resume(ckpt, state, train_iter)
   start_step = int(state.step)
-  if start_step:
-    print(f'Resuming from the checkpoint at step {start_step} in {ckpt.directory}', flush=True)
   _write_config(workdir, config)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
 
@@ -203,20 +209,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   if not last_eval:  # Resumed at the final step: nothing left to train, evaluate the restored state.
     last_eval = run_eval(state.params)
-  card = {
-      'model': config.model.name,
-      'dataset': config.dataset.name,
-      'steps': step,
-      'stop_reason': stop_reason,
-      'resumed_from_step': start_step,
-      'wall_time_s': time.time() - t_start,
-      'time': dataclasses.asdict(timers),
-      'final_metrics': {'train_loss': last_train.get('loss'), 'test_loss': last_eval['loss'],
-                        'test_accuracy': last_eval['accuracy']},
-      'final_state_sha256': state_sha256(state),
-      'params': {'count': count_params(state.params)},
-      'environment': run_card.environment(),
-      'versions': run_card.versions(),
-  }
+  card = run_card.build(
+      config, state, steps=step, stop_reason=stop_reason, resumed_from_step=start_step,
+      wall_time_s=time.time() - t_start, time=dataclasses.asdict(timers),
+      final_metrics={'train_loss': last_train.get('loss'), 'test_loss': last_eval['loss'],
+                     'test_accuracy': last_eval['accuracy']})
   run_card.write(workdir, card)
   return card
