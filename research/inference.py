@@ -233,15 +233,6 @@ def _make_forward(model: nn.Module):
   return jax.jit(forward)
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  """Zero-pads [n, ...] to [rows, ...] so every batch has one shape (one compilation)."""
-  if len(x) == rows:
-    return x
-  padded = np.zeros((rows, *x.shape[1:]), x.dtype)
-  padded[:len(x)] = x
-  return padded
-
-
 def _measure(forward, params, x: np.ndarray, *, batch_size: int, latency_examples: int, repeats: int,
              device: jax.Device) -> Timing:
   """Batch-1 latency over the first `latency_examples` of x, and throughput from `repeats` full batches."""
@@ -251,7 +242,7 @@ def _measure(forward, params, x: np.ndarray, *, batch_size: int, latency_example
     t0 = time.perf_counter()
     jax.device_get(forward(params, x[i:i + 1]))
     latencies.append(time.perf_counter() - t0)
-  batch = _pad_rows(x[:batch_size], batch_size)  # Compiled already by the prediction pass.
+  batch = data.pad_rows(x[:batch_size], batch_size)  # Compiled already by the prediction pass.
   batch_times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -293,7 +284,7 @@ def predict(run: Run, inputs: np.ndarray, *, batch_size: int, measure: bool = Tr
   probabilities = np.empty_like(logits)
   for start in range(0, len(x), batch_size):
     n = min(batch_size, len(x) - start)
-    batch_logits, batch_probabilities = jax.device_get(forward(params, _pad_rows(x[start:start + n], batch_size)))
+    batch_logits, batch_probabilities = jax.device_get(forward(params, data.pad_rows(x[start:start + n], batch_size)))
     logits[start:start + n] = batch_logits[:n]
     probabilities[start:start + n] = batch_probabilities[:n]
   timing = None

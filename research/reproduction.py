@@ -24,10 +24,8 @@ class RunResult:
 
 def run(config, workdir: str) -> RunResult:
   """Trains (or resumes, or just reloads) one run and returns its card and eval curve."""
-  card_path = os.path.join(workdir, 'run_card.json')
-  if os.path.exists(card_path) and run_card.read(workdir)['steps'] == config.steps:
-    card = run_card.read(workdir)  # Finished earlier: rerunning the command skips it.
-  else:
+  card = run_card.read(workdir) if os.path.exists(os.path.join(workdir, 'run_card.json')) else None
+  if card is None or card['steps'] != config.steps:  # A finished run is skipped; anything else resumes.
     card = loop.train_and_evaluate(config, workdir)
   evals = [r for r in metrics_lib.read_metrics(workdir) if r['split'] == 'eval']
   return RunResult(card, [r['step'] for r in evals], [r['metrics']['accuracy'] for r in evals])

@@ -14,5 +14,7 @@ from research.data.datasets import DatasetSpec
 from research.data.datasets import load_dataset
 from research.data.pipeline import eval_batches
 from research.data.pipeline import make_train_iterator
+from research.data.pipeline import pad_rows
 
-__all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'load_dataset', 'make_train_iterator']
+__all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'load_dataset',
+           'make_train_iterator', 'pad_rows']

@@ -113,12 +113,14 @@ def eval_batches(dataset: Dataset, split: str, *, batch_size: int) -> Iterator[d
     batch = source[index]
     batch['mask'] = np.ones(len(index), np.float32)
     if len(index) < batch_size:
-      batch = {key: _pad_rows(value, batch_size) for key, value in batch.items()}
+      batch = {key: pad_rows(value, batch_size) for key, value in batch.items()}
     yield batch
 
 
-def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-  """Zero-pads [n, ...] to [rows, ...]."""
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  """Zero-pads [n, ...] to [rows, ...] (returned as is when n == rows), so every batch has one shape."""
+  if len(array) == rows:
+    return array
   padded = np.zeros((rows, *array.shape[1:]), array.dtype)
   padded[:len(array)] = array
   return padded
