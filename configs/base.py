@@ -19,6 +19,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000  # Save a checkpoint every this many steps (and at the end).
   c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
   c.progress = True  # Progress bar on a TTY, plain log lines otherwise.
+  # Steps with a NaN/Inf loss or gradient are skipped (no update). This many in a row (checked at each log point)
+  # stop the run: the last good checkpoint is restored and the run exits 1 naming the step.
+  c.max_consecutive_nonfinite = 20
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'mnist1d'  # One of research.data.DATASETS.

@@ -11,11 +11,23 @@ from research.config import ConfigError, validate
 
 USAGE_EXIT = 2
 
+_DEBUG = flags.DEFINE_bool('debug', False, 'On an input error, also show the traceback (they are hidden otherwise).')
+
 
 def usage_error(message: str) -> None:
-  """Prints one clear error line and exits with code 2."""
+  """Prints one clear error line and exits with code 2 (with --debug, the traceback being handled comes first)."""
+  if _DEBUG.present and _DEBUG.value and sys.exc_info()[0] is not None:
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
   print(f'error: {message}', file=sys.stderr)
   sys.exit(USAGE_EXIT)
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+  """Exceptions that mean bad input (config, workdir, data files) rather than a bug: exit 2, no traceback."""
+  from research import data, workdir  # pylint: disable=g-import-not-at-top  (heavy; only once JAX is needed)
+
+  return ConfigError, workdir.WorkdirError, data.DataUnavailableError
 
 
 def _load_preset(argv: list[str]) -> ml_collections.ConfigDict | None:

@@ -6,7 +6,10 @@ Usage:
       --config.optimizer.learning_rate=3e-3 --config.steps=2000
 
 Writes to --workdir: config.json, metrics.jsonl, TensorBoard events, checkpoints/, run_card.json.
-Exit codes: 0 success (also a clean stop on SIGTERM/SIGINT), 2 bad config or usage, 1 anything else.
+An existing --workdir is resumed if its saved config matches (or differs only in keys safe to change, such as
+steps and logging intervals); --allow_config_change resumes it anyway. --debug shows tracebacks of input errors.
+Exit codes: 0 success (also a clean stop on SIGTERM/SIGINT), 2 bad config, usage, workdir or data files,
+1 anything else (including a run stopped by non-finite losses: the message says at which step).
 """
 
 import sys
@@ -16,11 +19,12 @@ from ml_collections import config_flags
 
 from experiments import cli
 from research import run_card
-from research.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config preset: configs/FILE.py:PRESET.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; an existing one is resumed).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir even if its saved config differs in keys that change the run.')
 
 
 def main(argv: list[str]) -> None:
@@ -29,16 +33,15 @@ def main(argv: list[str]) -> None:
   config = cli.resolved_config(_CONFIG)
   if not _WORKDIR.value:
     cli.usage_error('--workdir is required')
-  from research import data  # pylint: disable=g-import-not-at-top  (heavy; after validation)
-  from research.training import loop  # pylint: disable=g-import-not-at-top
+  from research.training import loop  # pylint: disable=g-import-not-at-top  (heavy; after validation)
   try:
-    card = loop.train_and_evaluate(config, _WORKDIR.value)
-  except ConfigError as e:  # Device-dependent checks (mesh vs devices) happen once JAX is up.
+    card = loop.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except cli.input_errors() as e:  # Raised before the workdir is created or changed: nothing half-written.
     cli.usage_error(str(e))
-  except data.DataUnavailableError as e:  # Before the workdir is created: nothing half-written.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
   print(run_card.summary_line(card), flush=True)
+  if card['stop_reason'] == 'nonfinite':
+    print(f"error: {card['message']}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -40,10 +39,6 @@ _INTEGRITY_FORMAT = 1
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be saved, or no usable checkpoint could be restored."""
-
-
-class CheckpointWarning(UserWarning):
-  """A checkpoint was unusable and restore fell back to an older one."""
 
 
 class Restored(NamedTuple):
@@ -196,7 +191,7 @@ class Checkpointer:
     """Restores a checkpoint with the shapes, dtypes and shardings of `template`, verified against its sha256s.
 
     With `step=None`, tries the checkpoints newest first: one that fails to restore or to verify is reported (a
-    CheckpointWarning and a line on stderr), appended to `self.skipped`, and the next older one is tried. Once an
+    line on stderr), appended to `self.skipped`, and the next older one is tried. Once an
     older one restores, the unusable newer ones are renamed to `<step>.corrupt-<time>`: out of Orbax's view (it
     lists only `<step>` names), so the run can save those steps again, while the files stay for inspection (and
     until deleted by hand: max_to_keep does not count them). Nothing is renamed when no checkpoint is usable: then
@@ -260,7 +255,7 @@ class Checkpointer:
     self.skipped.append((step, reason))
     then = f'falling back to {next_step}' if next_step is not None else 'no older checkpoint left'
     message = f'checkpoint {step} in {self.directory} is unusable ({reason}); {then}'
-    warnings.warn(message, CheckpointWarning, stacklevel=3)
+    # One line on stderr (warnings.warn would add a second with the source line, and show it once per call site).
     print(f'warning: {message}', file=sys.stderr, flush=True)
 
   def _set_aside(self, steps: list[int]) -> None:

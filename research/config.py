@@ -112,7 +112,8 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
 
   _check_keys(config, schema)
   _check_positive(config, ['steps', 'batch_size', 'eval_batch_size', 'eval_every', 'log_every',
-                           'checkpoint_every', 'keep_checkpoints', 'optimizer.learning_rate'])
+                           'checkpoint_every', 'keep_checkpoints', 'max_consecutive_nonfinite',
+                           'optimizer.learning_rate'])
   _check_positive(config, ['optimizer.weight_decay', 'optimizer.grad_clip_norm', 'optimizer.l1', 'optimizer.l2',
                            'optimizer.warmup_steps', 'optimizer.min_learning_rate', 'optimizer.eps'],
                   allow_zero=True)

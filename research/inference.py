@@ -161,7 +161,7 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
       config, num_classes=spec.num_classes, input_shape=spec.input_shape, mesh=mesh, abstract=True)
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints, async_save=False)
   try:
-    state, _ = ckpt.restore(template, step=step)
+    state = ckpt.restore(template, step=step).state
   finally:
     ckpt.close()
   return Run(workdir=workdir, config=config, model=model, params=state.params, step=int(state.step),

@@ -6,6 +6,7 @@ import os
 import platform
 
 import jax
+import optax
 
 from research.training import train_state
 
@@ -40,16 +41,26 @@ def environment() -> dict:
 
 
 def build(config, state, *, steps: int, stop_reason: str, resumed_from_step: int, wall_time_s: float,
-          time: dict, final_metrics: dict) -> dict:
-  """The run card of a finished (or stopped) run; see the contract in README ("What a run writes")."""
+          time: dict, totals: dict, final_metrics: dict, checkpoints_skipped: list = (),
+          message: str | None = None) -> dict:
+  """The run card of a finished (or stopped) run; see the contract in README ("What a run writes").
+
+  `time` is this session's; `totals` ({'restarts', 'time'}) adds up every session since the run began.
+  `checkpoints_skipped` lists (step, reason) of unusable checkpoints passed over on resume.
+  """
   return {
       'model': config.model.name,
       'dataset': config.dataset.name,
       'steps': steps,
       'stop_reason': stop_reason,
+      'message': message,
       'resumed_from_step': resumed_from_step,
+      'restarts': totals['restarts'],
       'wall_time_s': wall_time_s,
       'time': time,
+      'total_time': totals['time'],
+      'nonfinite_skipped_steps': int(optax.tree_utils.tree_get(state.opt_state, 'total_notfinite', 0)),
+      'checkpoints_skipped': [{'step': int(s), 'reason': r} for s, r in checkpoints_skipped],
       'final_metrics': final_metrics,
       'final_state_sha256': train_state.state_sha256(state),
       'params': {'count': train_state.count_params(state.params)},

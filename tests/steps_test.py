@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from configs import base
 from research import sharding
@@ -50,7 +51,7 @@ def test_train_step_overfits_one_batch_and_compiles_once():
   assert int(state.step) == 200
   assert float(metrics['loss']) < 0.1 * first
   assert float(metrics['accuracy']) == 1.0
-  assert set(metrics) == {'loss', 'accuracy', 'grad_norm', 'param_norm', 'lr'}
+  assert set(metrics) == {'loss', 'accuracy', 'grad_norm', 'param_norm', 'lr', 'skipped', 'nonfinite_streak'}
   np.testing.assert_allclose(float(metrics['lr']), 1e-2, rtol=1e-6)
 
 
@@ -90,3 +91,26 @@ def test_eval_step_ignores_padded_rows():
   assert float(masked['count']) == 8.0
   np.testing.assert_allclose(float(masked['loss_sum']), float(full['loss_sum']), rtol=1e-5)
   assert float(masked['correct_sum']) == float(full['correct_sum'])
+
+
+def test_a_non_finite_batch_is_skipped_and_counted():
+  # A NaN in the inputs gives a NaN loss and gradient: params and optimizer state stay bit-identical, the step
+  # counter advances (the data moves on), and the streak counts up until a finite step resets it.
+  model, tx, schedule, state, mesh = _setup()
+  step_fn = jax.jit(steps.make_train_step(model, tx, schedule))
+  good = _batch()
+  bad = dict(good, inputs=np.where(np.arange(5) == 0, np.nan, good['inputs']).astype(np.float32))
+  state, _ = step_fn(state, good)
+  guarded = lambda s: state_sha256(s.replace(opt_state=optax.tree_utils.tree_get(s.opt_state, 'inner_state')))
+  before = guarded(state)
+  streaks = []
+  for _ in range(3):
+    state, metrics = step_fn(state, bad)
+    assert float(metrics['skipped']) == 1.0 and not np.isfinite(float(metrics['loss']))
+    streaks.append(int(metrics['nonfinite_streak']))
+  assert streaks == [1, 2, 3]
+  assert guarded(state) == before and int(state.step) == 4
+  state, metrics = step_fn(state, good)
+  assert float(metrics['skipped']) == 0.0 and int(metrics['nonfinite_streak']) == 0
+  assert guarded(state) != before
+  assert int(optax.tree_utils.tree_get(state.opt_state, 'total_notfinite')) == 3

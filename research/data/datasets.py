@@ -19,7 +19,8 @@ from research.data import mnist1d
 
 
 class DataUnavailableError(RuntimeError):
-  """A dataset that is neither prepared nor preparable here; the message says how to provide it."""
+  """A dataset that is neither prepared nor preparable here, or whose files are corrupt; the message says how to
+  provide it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +133,7 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
 
   Raises:
     ValueError: unknown `config.name`, or a `config.variant` the dataset does not have.
+    DataUnavailableError: the dataset is not prepared and cannot be here, or its files are missing or corrupt.
   """
   if config.name not in DATASETS:
     raise ValueError(f'Unknown dataset.name {config.name!r}; expected one of {sorted(DATASETS)}.')
@@ -139,8 +141,19 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
   if config.variant not in spec.variants:
     raise ValueError(f'dataset.variant {config.variant!r} is not available for dataset.name '
                      f'{config.name!r}; expected one of {list(spec.variants)}.')
-  records = _open_splits(spec, variant=config.variant, data_dir=resolve_data_dir(data_dir or config.data_dir))
-  train, test = (_read_into_memory(records[split], spec) for split in ('train', 'test'))
+  data_dir = resolve_data_dir(data_dir or config.data_dir)
+  try:
+    records = _open_splits(spec, variant=config.variant, data_dir=data_dir)
+    train, test = (_read_into_memory(records[split], spec) for split in ('train', 'test'))
+  except DataUnavailableError:
+    raise
+  except (RuntimeError, OSError, ValueError) as e:
+    # array_record checks a hash per chunk: a truncated or flipped file fails here, never trains on garbage.
+    fix = ('delete it to have it generated again' if spec.builder_cls is not None
+           else f'delete it and prepare {spec.tfds_name} again')
+    raise DataUnavailableError(
+        f'dataset {config.name!r} in {os.path.join(data_dir, spec.tfds_name)} is unreadable '
+        f'({" ".join(str(e).split())[:200]}); {fix}') from e
   return Dataset(name=config.name, train=train, test=test, num_classes=spec.num_classes,
                  input_shape=spec.input_shape, num_train=len(train), num_test=len(test))
 

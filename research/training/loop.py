@@ -1,12 +1,11 @@
 """train_and_evaluate: data -> model -> state on a mesh -> jit steps -> metrics, checkpoints, run card."""
 
 import dataclasses
-import json
 import os
 import signal
 import threading
 import time
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -15,6 +14,8 @@ import numpy as np
 import optax
 
 from research import checkpointing, data, metrics as metrics_lib, models, run_card, sharding
+from research import workdir as workdir_lib
+from research.config import ConfigError
 from research.training import optim, steps as steps_lib
 from research.training.train_state import TrainState, create_train_state
 
@@ -102,21 +103,68 @@ def evaluate(eval_step, params, dataset: data.Dataset, split: str, *, batch_size
           'accuracy': float(totals['correct_sum'] / totals['count'])}
 
 
-def _mean_metrics(pending: list[dict]) -> dict:
-  """Means of the steps' scalar metrics since the last log point (one device->host transfer)."""
-  stacked = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending)
-  return {k: float(v) for k, v in jax.device_get(stacked).items()}
+# Per-step metrics reduced over a log interval by sum or max instead of the mean.
+_SUMMED, _MAXED = ('skipped',), ('nonfinite_streak',)
 
 
-def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter) -> TrainState:
-  """Restores the newest checkpoint into `state` and `train_iter`, if there is one; returns the state."""
-  restored = ckpt.restore(state)
+def _reduce_metrics(pending: list[dict]) -> dict:
+  """The steps' scalar metrics since the last log point (one device->host transfer): means, except the number
+  of skipped steps (sum) and the longest run of them (max)."""
+  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+  reduce = lambda k, v: np.sum(v) if k in _SUMMED else np.max(v) if k in _MAXED else np.mean(v)
+  return {k: float(reduce(k, v)) for k, v in stacked.items()}
+
+
+def make_jit_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh, *,
+                        l1: float, l2: float):
+  """The train step jit-compiled with a replicated, donated state and the batch split over the data axis."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(steps_lib.make_train_step(model, tx, schedule, l1=l1, l2=l2),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+def check_batches_fit(config, dataset: data.Dataset) -> None:
+  """A batch larger than its split would repeat examples within a batch (train) or be mostly padding (eval)."""
+  if config.batch_size > dataset.num_train:
+    raise ConfigError('batch_size', config.batch_size,
+                      f'at most the {dataset.num_train} training examples of {dataset.name}')
+  if config.eval_batch_size > dataset.num_test:
+    raise ConfigError('eval_batch_size', config.eval_batch_size,
+                      f'at most the {dataset.num_test} test examples of {dataset.name}')
+
+
+class Ledger(NamedTuple):
+  """Totals over every session of a run (saved with each checkpoint, so they survive restarts)."""
+  restarts: int = 0
+  time: dict = {}
+
+  def plus(self, timers: 'Timers') -> dict:
+    """The JSON saved with a checkpoint: these totals plus the current session's timers."""
+    current = dataclasses.asdict(timers)
+    return {'restarts': self.restarts, 'time': {k: self.time.get(k, 0.0) + v for k, v in current.items()}}
+
+
+def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter, *,
+            changes: list[workdir_lib.Change]) -> tuple[TrainState, Ledger]:
+  """Restores the newest usable checkpoint into `state` and `train_iter`, if there is one.
+
+  Raises:
+    workdir_lib.WorkdirError: there are checkpoints but none restores into `state` (all damaged, or accepted config
+      `changes` gave the state another structure); nothing is written.
+  """
+  try:
+    restored = ckpt.restore(state)
+  except checkpointing.CheckpointError as e:
+    hint = (f'the accepted config changes ({", ".join(c.key for c in changes)}) may have changed the saved state\'s '
+            'structure; ' if changes else '')
+    raise workdir_lib.WorkdirError(f'{" ".join(str(e).split())[:400]}\n{hint}start a new --workdir') from e
   if restored is None:
-    return state
-  state, data_state = restored
-  train_iter.set_state(data_state)
-  print(f'Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}', flush=True)
-  return state
+    return state, Ledger()
+  train_iter.set_state(restored.data_state)
+  print(f'Resuming from the checkpoint at step {restored.step} in {ckpt.directory}', flush=True)
+  extra = restored.extra
+  return restored.state, Ledger(restarts=extra.get('restarts', 0) + 1, time=extra.get('time', {}))
 
 
 def _write_config(workdir: str, config) -> None:
@@ -124,55 +172,49 @@ def _write_config(workdir: str, config) -> None:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+@dataclasses.dataclass
+class _Session:
+  """The pieces the step loop drives, built by train_and_evaluate."""
+  config: Any
+  mesh: Any
+  train_step: Callable
+  run_eval: Callable  # params -> {'loss', 'accuracy'} on the test split.
+  train_iter: Any
+  ckpt: checkpointing.Checkpointer
+  writer: metrics_lib.MetricWriter
+  ledger: Ledger
 
-  Args:
-    config: a validated config (research.config.validate).
-    workdir: run directory; receives config.json, metrics.jsonl, TensorBoard events, checkpoints/, run_card.json.
 
-  Returns:
-    The run card (also written to workdir/run_card.json).
+class _Outcome(NamedTuple):
+  state: TrainState
+  step: int
+  stop_reason: str  # 'steps' | 'preempted' | 'nonfinite'
+  last_train: dict
+  last_eval: dict
+  timers: Timers
+  message: str | None  # Why the run stopped early, for the user.
+
+
+def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outcome:
+  """Steps from `start_step` to `config.steps`, logging, evaluating and checkpointing on the way.
+
+  Stops early on SIGTERM/SIGINT (after a checkpoint) or after `max_consecutive_nonfinite` skipped steps in a row.
   """
-  t_start = time.time()
-  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
-                                                      'eval_batch_size': config.eval_batch_size})
-  dataset = data.load_dataset(config.dataset)
-  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
-                                                      input_shape=dataset.input_shape, mesh=mesh)
-  train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
-
-  os.makedirs(workdir, exist_ok=True)  # Only now: a config that fails the checks above writes nothing.
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  state = _resume(ckpt, state, train_iter)
-  start_step = int(state.step)
-  _write_config(workdir, config)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-
-  replicated = sharding.replicated(mesh)
-  train_step = jax.jit(
-      steps_lib.make_train_step(model, tx, schedule, l1=config.optimizer.l1, l2=config.optimizer.l2),
-      in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated),
-      donate_argnums=0)
-  eval_step = make_jit_eval_step(model, mesh)
-  run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size,
-                                     mesh=mesh)
-
-  timers, stop, progress = Timers(), StopRequest(), metrics_lib.Progress(
-      total=config.steps, initial=start_step, enabled=config.progress)
-  pending, last_train, last_eval, stop_reason = [], {}, {}, 'steps'
-  step = start_step
+  config, ckpt, writer = session.config, session.ckpt, session.writer
+  timers, stop = Timers(), StopRequest()
+  progress = metrics_lib.Progress(total=config.steps, initial=start_step, enabled=config.progress)
+  pending, last_train, last_eval, stop_reason, message = [], {}, {}, 'steps', None
+  step, t_train = start_step, time.time()
   try:
-    t_train = time.time()
     while step < config.steps:
-      batch = sharding.put_batch(next(train_iter), mesh)
+      batch = sharding.put_batch(next(session.train_iter), session.mesh)
       if step == start_step:  # The first call compiles; time it on its own.
         t0 = time.time()
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = session.train_step(state, batch)
         jax.block_until_ready(state)
         timers.compile_s = time.time() - t0
       else:
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = session.train_step(state, batch)
       step += 1
       pending.append(step_metrics)
       progress.update(step)
@@ -181,18 +223,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
       stopping = stop.signal_name is not None
       done = step == config.steps or stopping
       if step % config.log_every == 0 or done:
-        last_train = _mean_metrics(pending)
-        pending = []
+        last_train, pending = _reduce_metrics(pending), []
         writer.write(step, 'train', last_train)
         progress.report(step, {'loss': last_train['loss'], **{f'test_{k}': v for k, v in last_eval.items()}})
+        streak = int(last_train['nonfinite_streak'])
+        if streak >= config.max_consecutive_nonfinite:
+          state, restored_step = _restore_last_good(ckpt, state, step, streak=streak)
+          stop_reason, message = 'nonfinite', _nonfinite_message(config, step, restored_step, streak)
+          step, last_eval = restored_step or step, {}
+          break
       if step % config.eval_every == 0 or done:
         t0 = time.time()
-        last_eval = run_eval(state.params)
+        last_eval = session.run_eval(state.params)
         timers.eval_s += time.time() - t0
         writer.write(step, 'eval', last_eval)
-      if step % config.checkpoint_every == 0 or done:
+      if (step % config.checkpoint_every == 0 or done) and _finite_now(step_metrics, step):
         t0 = time.time()
-        ckpt.save(step, state, train_iter.get_state())
+        timers.train_s = t0 - t_train - timers.eval_s - timers.checkpoint_s - timers.compile_s
+        ckpt.save(step, state, session.train_iter.get_state(), extra=session.ledger.plus(timers))
         timers.checkpoint_s += time.time() - t0
       if stopping:
         stop_reason = 'preempted'
@@ -206,13 +254,95 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress.close()
     writer.close()
     stop.restore_handlers()
+  return _Outcome(state, step, stop_reason, last_train, last_eval, timers, message)
 
-  if not last_eval:  # Resumed at the final step: nothing left to train, evaluate the restored state.
-    last_eval = run_eval(state.params)
+
+def _finite_now(step_metrics: dict, step: int) -> bool:
+  """False while the latest steps are being skipped: their params already gave a NaN/Inf, so no checkpoint."""
+  streak = int(step_metrics['nonfinite_streak'])  # A sync, but only at checkpoint time, which syncs anyway.
+  if streak:
+    print(f'\nwarning: no checkpoint at step {step}: its last {streak} steps had a NaN/Inf loss or gradient',
+          flush=True)
+  return not streak
+
+
+def _restore_last_good(ckpt: checkpointing.Checkpointer, state: TrainState, step: int, *,
+                       streak: int) -> tuple[TrainState, int | None]:
+  """After `streak` non-finite steps ending at `step`: the newest checkpoint from before the divergence and its
+  step, or (state, None) if there is none.
+
+  Step k computes its loss with the params after k - 1 updates. The first bad step, step - streak + 1, thus saw
+  the params after step - streak updates, which are bad although finite (an update blew them up); the newest
+  good checkpoint is the newest one before that.
+  """
+  ckpt.wait()
+  good = [s for s in ckpt.all_steps() if s < step - streak]
+  if not good:
+    return state, None
+  restored = ckpt.restore(state, step=max(good))
+  return restored.state, restored.step
+
+
+def _nonfinite_message(config, step: int, restored_step: int | None, streak: int) -> str:
+  first_bad = step - streak + 1
+  final = (f'Final state: the checkpoint at step {restored_step}, the newest from before.' if restored_step else
+           f'No checkpoint predates step {first_bad}: the final state (step {step}) is suspect.')
+  return (f'training stopped at step {step}: the loss or gradient was NaN/Inf at every step since step {first_bad} '
+          f'({streak} in a row, max_consecutive_nonfinite={config.max_consecutive_nonfinite}); those updates were '
+          f'skipped. {final}\nTry a lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or '
+          'optimizer.grad_clip_norm > 0, in a new --workdir.')
+
+
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest usable checkpoint if there is one.
+
+  Every check that can fail on the user's input (workdir writable, same config as a run already in it, batch
+  sizes vs data and devices) runs before the workdir is created or changed.
+
+  Args:
+    config: a validated config (research.config.validate).
+    workdir: run directory; receives config.json, metrics.jsonl, TensorBoard events, checkpoints/, run_card.json.
+    allow_config_change: resume even if keys outside workdir.SAFE_TO_CHANGE differ from the saved config.
+
+  Returns:
+    The run card (also written to workdir/run_card.json).
+
+  Raises:
+    ConfigError, workdir.WorkdirError, data.DataUnavailableError: bad input; nothing was written.
+  """
+  t_start = time.time()
+  workdir_lib.check_writable(workdir)
+  changes = workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
+                                                      'eval_batch_size': config.eval_batch_size})
+  dataset = data.load_dataset(config.dataset)
+  check_batches_fit(config, dataset)
+  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
+                                                      input_shape=dataset.input_shape, mesh=mesh)
+  train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
+
+  os.makedirs(workdir, exist_ok=True)  # Only now: bad input fails the checks above and writes nothing.
+  if changes:
+    print('Config changes on resume: ' + ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in changes), flush=True)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  state, ledger = _resume(ckpt, state, train_iter, changes=changes)
+  start_step = int(state.step)
+  _write_config(workdir, config)
+  eval_step = make_jit_eval_step(model, mesh)
+  session = _Session(
+      config=config, mesh=mesh, train_iter=train_iter, ckpt=ckpt, ledger=ledger,
+      train_step=make_jit_train_step(model, tx, schedule, mesh, l1=config.optimizer.l1, l2=config.optimizer.l2),
+      run_eval=lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size,
+                                       mesh=mesh),
+      writer=metrics_lib.MetricWriter(workdir, resume_step=start_step))
+  outcome = _train_steps(session, state, start_step)
+
+  last_eval = outcome.last_eval or session.run_eval(outcome.state.params)  # Resumed at the end, or rolled back.
   card = run_card.build(
-      config, state, steps=step, stop_reason=stop_reason, resumed_from_step=start_step,
-      wall_time_s=time.time() - t_start, time=dataclasses.asdict(timers),
-      final_metrics={'train_loss': last_train.get('loss'), 'test_loss': last_eval['loss'],
+      config, outcome.state, steps=outcome.step, stop_reason=outcome.stop_reason, resumed_from_step=start_step,
+      wall_time_s=time.time() - t_start, time=dataclasses.asdict(outcome.timers),
+      totals=ledger.plus(outcome.timers), checkpoints_skipped=ckpt.skipped, message=outcome.message,
+      final_metrics={'train_loss': outcome.last_train.get('loss'), 'test_loss': last_eval['loss'],
                      'test_accuracy': last_eval['accuracy']})
   run_card.write(workdir, card)
   return card

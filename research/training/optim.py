@@ -6,6 +6,7 @@ import optax
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine', 'step')
+_NEVER_GIVE_UP = 2**31 - 2  # apply_if_finite applies a non-finite update after this many; the loop stops long before.
 
 
 def make_schedule(config, *, total_steps: int) -> optax.Schedule:
@@ -53,7 +54,10 @@ def make_optimizer(config, *, total_steps: int) -> tuple[optax.GradientTransform
 
   Order: clip the global gradient norm, add `weight_decay * w` to the gradient (PyTorch's `weight_decay` for
   SGD/AdaGrad/RMSprop/Adam; AdamW instead decays decoupled from the gradient, Loshchilov & Hutter 2019), then the
-  optimizer's update.
+  optimizer's update. The whole chain is wrapped in `optax.apply_if_finite`: a gradient with a NaN or Inf is
+  skipped (zero update, optimizer state unchanged) and counted in the state's `notfinite_count` (consecutive) and
+  `total_notfinite`; the training loop stops after `max_consecutive_nonfinite` in a row, so the wrapper's own
+  give-up threshold is never reached.
 
   Args:
     config: the `optimizer` config group.
@@ -69,4 +73,4 @@ def make_optimizer(config, *, total_steps: int) -> tuple[optax.GradientTransform
   if config.weight_decay > 0 and config.name != 'adamw':
     parts.append(optax.add_decayed_weights(config.weight_decay))
   parts.append(_base_optimizer(config, schedule))
-  return optax.chain(*parts), schedule
+  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=_NEVER_GIVE_UP), schedule

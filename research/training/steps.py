@@ -24,7 +24,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
   Returns:
     train_step(state, batch) -> (new_state, metrics) where batch = {"inputs": [B, ...], "labels": [B]} and metrics
-    are scalars: loss (data loss, without the penalty), accuracy, grad_norm, param_norm, lr.
+    are scalars: loss (data loss, without the penalty), accuracy, grad_norm, param_norm, lr, skipped (1 when a
+    non-finite gradient was skipped) and nonfinite_streak (consecutive skipped steps). `tx` must be wrapped in
+    optax.apply_if_finite (optim.make_optimizer does this).
   """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -37,6 +39,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       return loss + losses.weight_penalty(params, l1=l1, l2=l2), (loss, logits)
 
     grads, (loss, logits) = jax.grad(objective, has_aux=True)(state.params)
+    # A non-finite loss poisons the gradient, so the optimizer's finiteness guard (optax.apply_if_finite, see
+    # optim.make_optimizer) skips the update even in the rare case where the gradient itself stayed finite.
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -45,6 +50,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         'grad_norm': optax.global_norm(grads),
         'param_norm': optax.global_norm(params),
         'lr': jnp.asarray(schedule(state.step), jnp.float32),
+        # 0/1 per step (its mean over a log interval is the skipped fraction) and the current run of skipped steps.
+        'skipped': 1.0 - optax.tree_utils.tree_get(opt_state, 'last_finite').astype(jnp.float32),
+        'nonfinite_streak': optax.tree_utils.tree_get(opt_state, 'notfinite_count'),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,106 @@
+"""The run directory's checks before any compute: it can be written, and it holds no run of a different config.
+
+A resumed run continues the saved state with the new config, so a changed learning rate or model would silently
+mix two experiments in one directory. `check_config` refuses that with a readable diff, except for keys that only
+change how a run is observed or how long it goes on (SAFE_TO_CHANGE).
+"""
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import ml_collections
+
+# Keys that may differ between the saved config and a resuming one without changing the numbers of the steps
+# already taken or about to be taken (logging, evaluation, checkpoint cadence, length, where data is read from).
+SAFE_TO_CHANGE = ('steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'progress',
+                  'eval_batch_size', 'max_consecutive_nonfinite', 'dataset.data_dir')
+SAFE_GROUPS = ('budget.',)  # Every key of these groups: budgets cap a run, they do not change its steps.
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that cannot be used: not writable, or holding a run of another config."""
+
+
+class Change(NamedTuple):
+  key: str
+  saved: Any
+  new: Any
+
+
+def check_writable(workdir: str) -> None:
+  """Raises WorkdirError unless `workdir` exists as a writable directory or can be created.
+
+  Nothing is created: the nearest existing ancestor must be a writable directory.
+  """
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f'--workdir={workdir} cannot be created: {existing} is a file')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = 'is not writable' if existing == path else f'cannot be created: {existing} is not writable'
+    raise WorkdirError(f'--workdir={workdir} {what}')
+  for sub in ('checkpoints', 'config.json', 'metrics.jsonl', 'run_card.json'):
+    sub_path = os.path.join(path, sub)
+    if os.path.exists(sub_path) and not os.access(sub_path, os.W_OK):
+      raise WorkdirError(f'--workdir={workdir}: {sub_path} is not writable')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(saved: dict, new: dict) -> list[Change]:
+  """Keys whose values differ between two configs (as JSON dicts), sorted; absent keys show as None."""
+  saved_flat, new_flat = _flatten(saved), _flatten(new)
+  return [Change(k, saved_flat.get(k), new_flat.get(k)) for k in sorted(set(saved_flat) | set(new_flat))
+          if saved_flat.get(k) != new_flat.get(k)]
+
+
+def _is_safe(change: Change, saved: dict) -> bool:
+  if change.key == 'steps':
+    # warmup_cosine decays over `steps`: a new length changes the learning rate of every step still to come.
+    return saved.get('optimizer', {}).get('schedule') != 'warmup_cosine'
+  return change.key in SAFE_TO_CHANGE or change.key.startswith(SAFE_GROUPS)
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict, *, allow_change: bool) -> list[Change]:
+  """Compares `config` with the one saved in `workdir` (if any).
+
+  Args:
+    workdir: the run directory.
+    config: the resolved config of the run about to start.
+    allow_change: accept any change (the user said so with --allow_config_change).
+
+  Returns:
+    The changes, all safe or accepted ([] for a new workdir).
+
+  Raises:
+    WorkdirError: a key outside SAFE_TO_CHANGE differs and `allow_change` is False, or config.json is unreadable.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'--workdir={workdir}: cannot read the saved config {path}: {e}') from e
+  changes = config_changes(saved, json.loads(config.to_json_best_effort()))
+  unsafe = [c for c in changes if not _is_safe(c, saved)]
+  if unsafe and not allow_change:
+    diff = ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in unsafe)
+    raise WorkdirError(
+        f'--workdir={workdir} holds a run with a different config ({diff}); resuming would mix two experiments.\n'
+        'Use a new --workdir, restore the saved values, or pass --allow_config_change to continue with the new ones.')
+  return changes
