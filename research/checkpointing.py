@@ -190,9 +190,9 @@ class Checkpointer:
   def restore(self, template, step: int | None = None) -> Restored | None:
     """Restores a checkpoint with the shapes, dtypes and shardings of `template`, verified against its sha256s.
 
-    With `step=None`, tries the checkpoints newest first: one that fails to restore or to verify is reported (a
-    line on stderr), appended to `self.skipped`, and the next older one is tried. Once an
-    older one restores, the unusable newer ones are renamed to `<step>.corrupt-<time>`: out of Orbax's view (it
+    With `step=None`, tries the checkpoints newest first: one that fails to restore or to verify is appended to
+    `self.skipped` and the next older one is tried. Once an older one restores, each unusable newer one is
+    reported on a stderr line and renamed to `<step>.corrupt-<time>`: out of Orbax's view (it
     lists only `<step>` names), so the run can save those steps again, while the files stay for inspection (and
     until deleted by hand: max_to_keep does not count them). Nothing is renamed when no checkpoint is usable: then
     the fault may be the template's, not the files'.
@@ -221,13 +221,15 @@ class Checkpointer:
     if not steps:
       return None
     newest_first, unusable = steps[::-1], []
-    for i, candidate in enumerate(newest_first):
+    for candidate in newest_first:
       try:
         restored = self._restore_verified(template, candidate)
       except Exception as e:  # Orbax raises many types (ValueError, KeyError, OSError, JSONDecodeError, ...).
         unusable.append((candidate, _reason(e)))
-        self._report_unusable(*unusable[-1], newest_first[i + 1] if i + 1 < len(newest_first) else None)
+        self.skipped.append(unusable[-1])
         continue
+      for bad_step, reason in unusable:
+        self._report_unusable(bad_step, reason, candidate)
       self._set_aside([s for s, _ in unusable])
       return restored
     raise CheckpointError(f'no usable checkpoint in {self.directory}: ' +
@@ -251,12 +253,11 @@ class Checkpointer:
             file=sys.stderr, flush=True)
     return Restored(state=restored['state'], data_state=restored['data'], extra=extra, step=step)
 
-  def _report_unusable(self, step: int, reason: str, next_step: int | None) -> None:
-    self.skipped.append((step, reason))
-    then = f'falling back to {next_step}' if next_step is not None else 'no older checkpoint left'
-    message = f'checkpoint {step} in {self.directory} is unusable ({reason}); {then}'
-    # One line on stderr (warnings.warn would add a second with the source line, and show it once per call site).
-    print(f'warning: {message}', file=sys.stderr, flush=True)
+  def _report_unusable(self, step: int, reason: str, restored_step: int) -> None:
+    """One line on stderr per skipped checkpoint, once an older one restored (if none does, the CheckpointError
+    lists them all). warnings.warn would add a second line with the source line, and show it once per call site."""
+    print(f'warning: checkpoint {step} in {self.directory} is unusable ({reason}); falling back to {restored_step}',
+          file=sys.stderr, flush=True)
 
   def _set_aside(self, steps: list[int]) -> None:
     """Renames unusable step directories out of Orbax's view (see `restore`); process 0 renames, all reload."""

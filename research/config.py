@@ -117,6 +117,8 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   _check_positive(config, ['optimizer.weight_decay', 'optimizer.grad_clip_norm', 'optimizer.l1', 'optimizer.l2',
                            'optimizer.warmup_steps', 'optimizer.min_learning_rate', 'optimizer.eps'],
                   allow_zero=True)
+  if not 0 <= config.seed < 2**32:  # JAX's PRNG seeds are uint32 (and numpy's rngs want a non-negative seed).
+    raise ConfigError('seed', config.seed, f'an integer in [0, {2**32 - 1}]')
   _check_choice('dataset.name', config.dataset.name, data.DATASETS)
   _check_choice('dataset.variant', config.dataset.variant,
                 ('standard', 'shuffled') if config.dataset.name == 'mnist1d' else ('standard',))

@@ -79,6 +79,7 @@ CASES = [
     ('float_for_int', ['--config.steps=1.5'], '--config.steps=1.5'),
     ('bool_for_int', ['--config.steps=True'], '--config.steps=True'),
     ('text_for_float', ['--config.optimizer.learning_rate=fast'], '--config.optimizer.learning_rate=fast'),
+    ('negative_seed', ['--config.seed=-1'], "'seed' = -1: expected an integer in [0, 4294967295]"),
     ('zero_steps', ['--config.steps=0'], "'steps' = 0: expected a value > 0"),
     ('negative_batch', ['--config.batch_size=-5'], "'batch_size' = -5: expected a value > 0"),
     ('zero_log_every', ['--config.log_every=0'], "'log_every' = 0"),
@@ -170,7 +171,7 @@ def test_missing_workdir_flag_exits_2(env):
 
 
 @pytest.mark.parametrize('case', ['workdir_is_a_file', 'parent_is_a_file', 'unreadable_saved_config',
-                                  'changed_learning_rate', 'changed_model'])
+                                  'changed_learning_rate', 'changed_model', 'every_checkpoint_unusable'])
 def test_unusable_workdir_exits_2_and_is_left_unchanged(tmp_path, env, trained, case):
   workdir = tmp_path / 'run'
   args, message = [], None
@@ -186,6 +187,10 @@ def test_unusable_workdir_exits_2_and_is_left_unchanged(tmp_path, env, trained, 
     if case == 'unreadable_saved_config':
       (workdir / 'config.json').write_text('{"steps": 20, ')
       message = 'cannot read the saved config'
+    elif case == 'every_checkpoint_unusable':
+      for step in ('10', '20'):
+        os.remove(workdir / 'checkpoints' / step / 'state' / '_METADATA')
+      message = 'no usable checkpoint in'
     elif case == 'changed_learning_rate':
       args, message = ['--config.optimizer.learning_rate=0.5'], 'optimizer.learning_rate: 0.01 -> 0.5'
     else:

@@ -109,13 +109,14 @@ def test_five_sigkills_at_random_points_resume_to_the_same_final_state(tmp_path,
   assert _metric_steps(workdir, 'eval') == _metric_steps(reference, 'eval')
 
 
-def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, env):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_stops_cleanly_with_a_checkpoint(tmp_path, env, sig):
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(_cmd(workdir, *LONG, preset='cnn'), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   _wait_for_checkpoint(workdir, proc)
   t0 = time.time()
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, stderr = proc.communicate(timeout=60)
   seconds_to_exit = time.time() - t0
   assert proc.returncode == 0, stderr[-3000:]
@@ -151,3 +152,24 @@ def test_resume_accepts_a_safe_change_and_refuses_others(tmp_path, env):
   assert _card(workdir)['steps'] == 80 and _card(workdir)['resumed_from_step'] == 60
   refused = _run(_cmd(workdir, *SHORT[1:], '--config.steps=80', '--config.seed=1'), env)
   assert refused.returncode == 2 and 'seed: 0 -> 1' in refused.stderr
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_and_still_ends_bit_exact(tmp_path, env):
+  reference = tmp_path / 'reference'
+  assert _run(_cmd(reference, *SHORT[1:], '--config.steps=90'), env).returncode == 0
+  workdir = tmp_path / 'run'
+  assert _run(_cmd(workdir, *SHORT), env).returncode == 0  # Checkpoints 30 and 60.
+  chunks = [os.path.join(root, name) for root, _, names in os.walk(workdir / 'checkpoints' / '60' / 'state')
+            for name in names if os.sep + 'd' + os.sep in os.path.join(root, name) + os.sep]
+  largest = max(chunks, key=os.path.getsize)
+  with open(largest, 'r+b') as f:  # Flip one byte in the middle of the biggest array data file.
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  resumed = _run(_cmd(workdir, *SHORT[1:], '--config.steps=90'), env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'warning: checkpoint 60 in {workdir}/checkpoints is unusable' in resumed.stderr
+  card = _card(workdir)
+  assert card['resumed_from_step'] == 30 and [c['step'] for c in card['checkpoints_skipped']] == [60]
+  assert card['final_state_sha256'] == _card(reference)['final_state_sha256']
