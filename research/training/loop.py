@@ -2,8 +2,6 @@
 
 import dataclasses
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -17,26 +15,8 @@ from research import checkpointing, data, metrics as metrics_lib, models, run_ca
 from research import workdir as workdir_lib
 from research.config import ConfigError
 from research.training import optim, steps as steps_lib
+from research.training.preemption import StopRequest
 from research.training.train_state import TrainState, create_train_state
-
-
-class StopRequest:
-  """Turns SIGTERM/SIGINT into a request to stop after the current step (checkpoint, run card, exit 0)."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal_name = signal.Signals(signum).name
-
-  def restore_handlers(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -220,7 +200,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
       progress.update(step)
       # One reading of the stop flag per step: a signal arriving later in this iteration (say, during the eval)
       # waits for the next step rather than breaking out of this one without its checkpoint.
-      stopping = stop.signal_name is not None
+      stopping = stop.requested(step)
       done = step == config.steps or stopping
       if step % config.log_every == 0 or done:
         last_train, pending = _reduce_metrics(pending), []
@@ -244,7 +224,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         timers.checkpoint_s += time.time() - t0
       if stopping:
         stop_reason = 'preempted'
-        print(f'\nReceived {stop.signal_name}: stopped at step {step} with a checkpoint.', flush=True)
+        print(f'\nReceived {stop.reason}: stopped at step {step} with a checkpoint.', flush=True)
         break
     t0 = time.time()
     ckpt.close()
