@@ -52,4 +52,17 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data-parallel axis; -1 = all devices.
+
+  # The run stops cleanly (checkpoint, card, exit 0) at the first budget reached, counting every session of the run;
+  # stop_reason names it. 0 = no limit.
+  c.budget = ml_collections.ConfigDict()
+  c.budget.max_seconds = 0.0  # Wall-clock seconds.
+  c.budget.max_flops = 0.0  # Train FLOPs (steps x XLA's FLOPs per train step).
+  c.budget.max_joules = 0.0  # Energy, as the run card's energy source measures or estimates it.
+
+  c.accounting = ml_collections.ConfigDict()
+  c.accounting.energy_source = 'auto'  # auto (nvml > rapl > estimate) | nvml | rapl | estimate.
+  c.accounting.watts_per_busy_core = 5.0  # The estimate's power per busy CPU core (~ server CPU TDP / cores).
+  # Grid carbon intensity for co2_g: 2023 world average, Ember "Global Electricity Review 2024" (480 gCO2/kWh).
+  c.accounting.grid_co2_g_per_kwh = 480.0
   return c

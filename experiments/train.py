@@ -23,6 +23,9 @@ from research import run_card
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config preset: configs/FILE.py:PRESET.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; an existing one is resumed).')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Compile and time a few steps, print params, FLOPs, memory and the estimated time, energy and '
+    'CO2 of the configured steps; train nothing, write nothing.')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a workdir even if its saved config differs in keys that change the run.')
 
@@ -34,6 +37,12 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     cli.usage_error('--workdir is required')
   from research.training import loop  # pylint: disable=g-import-not-at-top  (heavy; after validation)
+  if _DRY_RUN.value:
+    try:
+      print(_dry_run_report(config, loop.dry_run(config)), flush=True)
+    except cli.input_errors() as e:
+      cli.usage_error(str(e))
+    return
   try:
     card = loop.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except cli.input_errors() as e:  # Raised before the workdir is created or changed: nothing half-written.
@@ -42,6 +51,26 @@ def main(argv: list[str]) -> None:
   if card['stop_reason'] == 'nonfinite':
     print(f"error: {card['message']}", file=sys.stderr)
     sys.exit(1)
+
+
+def _dry_run_report(config, result: dict) -> str:
+  from research.run_card import format_si  # pylint: disable=g-import-not-at-top
+
+  flops, estimate, params = result['flops'], result['estimate'], result['params']
+  dtypes = ', '.join(f'{d}: {v["count"]:,}' for d, v in sorted(params['by_dtype'].items()))
+  return '\n'.join([
+      f'dry run: {config.model.name} on {config.dataset.name}, {config.steps} steps of batch {config.batch_size} '
+      '(nothing trained, nothing written)',
+      f'  params      {params["count"]:,} ({format_si(params["bytes"], "B")}; {dtypes})',
+      f'  FLOPs/step  {format_si(flops["train_step_flops"])} (XLA), {format_si(flops["train_step_flops_analytic"])} (analytic); '
+      f'{format_si(estimate["train_flops"], "FLOP")} for {config.steps} steps',
+      f'  memory      {format_si(result["predicted_bytes"], "B")} per device for a train step (XLA memory analysis)',
+      f'  compile     {result["compile_s"]:.1f} s (train and eval steps)',
+      f'  step time   {1e3 * result["step_s"]:.3g} ms (mean of {result["timed_steps"]} steps after 2 warm-up)',
+      f'  estimate    {estimate["seconds"]:.3g} s of train steps (eval, checkpoints and startup not included), '
+      f'{estimate["joules"]:.3g} J ({result["energy"]["source"]}), {estimate["co2_g"]:.2g} g CO2 at '
+      f'{config.accounting.grid_co2_g_per_kwh:g} g/kWh',
+  ])
 
 
 if __name__ == '__main__':

@@ -122,6 +122,10 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   _check_choice('dataset.name', config.dataset.name, data.DATASETS)
   _check_choice('dataset.variant', config.dataset.variant,
                 ('standard', 'shuffled') if config.dataset.name == 'mnist1d' else ('standard',))
+  _check_positive(config, ['budget.max_seconds', 'budget.max_flops', 'budget.max_joules',
+                           'accounting.grid_co2_g_per_kwh'], allow_zero=True)
+  _check_positive(config, ['accounting.watts_per_busy_core'])
+  _check_choice('accounting.energy_source', config.accounting.energy_source, ('auto', 'nvml', 'rapl', 'estimate'))
   _check_choice('optimizer.name', config.optimizer.name, optim.OPTIMIZERS)
   _check_choice('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES)
   for key in ('momentum', 'b1', 'b2', 'decay'):

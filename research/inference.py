@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from research import checkpointing, data, sharding
+from research import checkpointing, cost, data, sharding
 from research.config import ConfigError
 from research.training import loop
 
@@ -236,22 +236,15 @@ def _make_forward(model: nn.Module):
 def _measure(forward, params, x: np.ndarray, *, batch_size: int, latency_examples: int, repeats: int,
              device: jax.Device) -> Timing:
   """Batch-1 latency over the first `latency_examples` of x, and throughput from `repeats` full batches."""
-  jax.device_get(forward(params, x[:1]))  # Warm-up: compiles the batch-1 shape.
-  latencies = []
-  for i in range(min(len(x), latency_examples)):
-    t0 = time.perf_counter()
-    jax.device_get(forward(params, x[i:i + 1]))
-    latencies.append(time.perf_counter() - t0)
+  latency = cost.batch1_latency_ms(forward, params, x, examples=latency_examples)
   batch = data.pad_rows(x[:batch_size], batch_size)  # Compiled already by the prediction pass.
   batch_times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.device_get(forward(params, batch))
     batch_times.append(time.perf_counter() - t0)
-  latencies_ms = 1e3 * np.asarray(latencies)
-  return Timing(p50_ms=float(np.percentile(latencies_ms, 50)), p99_ms=float(np.percentile(latencies_ms, 99)),
-                timed_examples=len(latencies), batch_size=batch_size,
-                throughput_per_s=float(batch_size / np.median(batch_times)),
+  return Timing(p50_ms=latency['p50_ms'], p99_ms=latency['p99_ms'], timed_examples=latency['timed_examples'],
+                batch_size=batch_size, throughput_per_s=float(batch_size / np.median(batch_times)),
                 device=device.device_kind)
 
 

@@ -35,28 +35,51 @@ def _pct(x) -> str:
   return '—' if x is None else f'{100 * x:.1f}%'
 
 
+def _mean_of(results: list[RunResult], *keys: str) -> float | None:
+  """Mean over seeds of card[keys[0]][keys[1]]...; None if a card lacks it (a card from before cost accounting)."""
+  values = []
+  for r in results:
+    value = r.card
+    for key in keys:
+      value = value.get(key) if isinstance(value, dict) else None
+    values.append(value)
+  return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def summarize(runs: dict[str, list[RunResult]], paper: dict) -> dict:
-  """Per model: paper accuracy, per-seed test accuracy, mean and std (population std over seeds)."""
+  """Per model: paper accuracy, per-seed test accuracy, mean and std (population std over seeds), and the mean cost
+  of a run: train time, wall time, train FLOPs and energy (with its source)."""
   out = {}
   for name, results in runs.items():
     acc = [r.card['final_metrics']['test_accuracy'] for r in results]
     out[name] = {'paper_test_accuracy': paper.get(name), 'test_accuracy': acc,
                  'mean': float(np.mean(acc)), 'std': float(np.std(acc)),
                  'params': results[0].card['params']['count'], 'steps': results[0].card['steps'],
-                 'train_time_s': float(np.mean([r.card['time']['train_s'] for r in results]))}
+                 'train_time_s': _mean_of(results, 'time', 'train_s'),
+                 'wall_time_s': _mean_of(results, 'time', 'wall_s'),
+                 'train_flops': _mean_of(results, 'flops', 'total_train'),
+                 'energy_j': _mean_of(results, 'energy', 'joules'),
+                 'energy_source': results[0].card.get('energy', {}).get('source')}
   return out
 
 
+def _fmt(value: float | None, spec: str, suffix: str = '') -> str:
+  return '—' if value is None else f'{value:{spec}}{suffix}'
+
+
 def format_table(summary: dict, *, variant: str) -> str:
-  """Markdown table: model · params · paper · ours (mean ± std over seeds) · steps · train wall time."""
-  lines = [f'MNIST-1D ({variant}) test accuracy',
+  """Markdown table: model · params · paper · ours (mean ± std over seeds) · steps · per-run cost."""
+  lines = [f'MNIST-1D ({variant}) test accuracy; cost columns are means per run',
            '',
-           '| model | params | paper | ours (mean ± std) | seeds | steps | train time / run |',
-           '|---|---:|---:|---:|---:|---:|---:|']
+           '| model | params | paper | ours (mean ± std) | seeds | steps | train FLOPs | train time | wall time | '
+           'energy |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for name, s in summary.items():
+    energy = _fmt(s['energy_j'], '.3g', f" J ({s['energy_source']})")
     lines.append(f"| {name} | {s['params']:,} | {_pct(s['paper_test_accuracy'])} | "
                  f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}% | {len(s['test_accuracy'])} | {s['steps']} | "
-                 f"{s['train_time_s']:.1f}s |")
+                 f"{_fmt(s['train_flops'], '.3g')} | {_fmt(s['train_time_s'], '.1f', 's')} | "
+                 f"{_fmt(s['wall_time_s'], '.1f', 's')} | {energy} |")
   return '\n'.join(lines)
 
 

@@ -41,12 +41,21 @@ def environment() -> dict:
 
 
 def build(config, state, *, steps: int, stop_reason: str, resumed_from_step: int, wall_time_s: float,
-          time: dict, totals: dict, final_metrics: dict, checkpoints_skipped: list = (),
-          message: str | None = None) -> dict:
+          costs: dict, final_metrics: dict, checkpoints_skipped: list = (), message: str | None = None) -> dict:
   """The run card of a finished (or stopped) run; see the contract in README ("What a run writes").
 
-  `time` is this session's; `totals` ({'restarts', 'time'}) adds up every session since the run began.
-  `checkpoints_skipped` lists (step, reason) of unusable checkpoints passed over on resume.
+  Args:
+    config: the run's config.
+    state: the final TrainState (its sha256 and non-finite count are recorded).
+    steps: steps the final state has taken.
+    stop_reason: 'steps', 'preempted', 'nonfinite' or the budget key that ended the run.
+    resumed_from_step: the step this session started from (0 for a fresh run).
+    wall_time_s: this session's wall time.
+    costs: training.accounting.card_costs: params, flops, time (totals), throughput, mfu, memory, energy, co2_g,
+      inference, restarts.
+    final_metrics: train_loss, test_loss, test_accuracy.
+    checkpoints_skipped: (step, reason) of unusable checkpoints passed over on resume.
+    message: why the run stopped early, for the user.
   """
   return {
       'model': config.model.name,
@@ -55,15 +64,12 @@ def build(config, state, *, steps: int, stop_reason: str, resumed_from_step: int
       'stop_reason': stop_reason,
       'message': message,
       'resumed_from_step': resumed_from_step,
-      'restarts': totals['restarts'],
       'wall_time_s': wall_time_s,
-      'time': time,
-      'total_time': totals['time'],
-      'nonfinite_skipped_steps': int(optax.tree_utils.tree_get(state.opt_state, 'total_notfinite', 0)),
-      'checkpoints_skipped': [{'step': int(s), 'reason': r} for s, r in checkpoints_skipped],
       'final_metrics': final_metrics,
       'final_state_sha256': train_state.state_sha256(state),
-      'params': {'count': train_state.count_params(state.params)},
+      'nonfinite_skipped_steps': int(optax.tree_utils.tree_get(state.opt_state, 'total_notfinite', 0)),
+      'checkpoints_skipped': [{'step': int(s), 'reason': r} for s, r in checkpoints_skipped],
+      **costs,
       'environment': environment(),
       'versions': versions(),
   }
@@ -85,9 +91,31 @@ def read(workdir: str) -> dict:
     return json.load(f)
 
 
+def format_si(value: float | None, unit: str = '') -> str:
+  """1.9e7 -> '19 M' (with `unit`, '19 MFLOP'); None -> '—'."""
+  if value is None:
+    return '—'
+  for factor, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(value) >= factor:
+      return f'{value / factor:.3g} {prefix}{unit}'
+  return f'{value:.3g} {unit}'.rstrip()
+
+
 def summary_line(card: dict) -> str:
-  """One line: model, steps, stop reason, final metrics, time."""
+  """Two lines: what the run reached (model, steps, stop reason, final metrics) and what it cost."""
   metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(card['final_metrics'].items()) if v is not None)
-  return (f"[{card['model']} on {card['dataset']}] steps={card['steps']} stop={card['stop_reason']} {metrics} "
+  head = (f"[{card['model']} on {card['dataset']}] steps={card['steps']} stop={card['stop_reason']} {metrics} "
           f"params={card['params']['count']:,} wall={card['wall_time_s']:.1f}s "
           f"sha256={card['final_state_sha256'][:12]}")
+  if 'flops' not in card:  # A card from before cost accounting.
+    return head
+  t, mfu, mem, energy = card['time'], card['mfu'], card['memory'], card['energy']
+  mfu_text = f"{100 * mfu['value']:.2g}%" if mfu['value'] is not None else '—'
+  cost = (f"cost: {format_si(card['flops']['total_train'], 'FLOP')} train ({format_si(card['flops']['train_step']['xla'])}"
+          f"/step) | {t['wall_s']:.1f} s total (train {t['train_s']:.1f}, compile {t['compile_s']:.1f}, "
+          f"eval {t['eval_s']:.1f}, ckpt {t['checkpoint_s']:.1f}, data {t['data_wait_s']:.1f}) | "
+          f"{format_si(card['throughput']['examples_per_s'])} ex/s | MFU {mfu_text} of {format_si(mfu['peak_flops_per_s'], 'FLOP/s')} | "
+          f"mem {format_si(mem['predicted_bytes'], 'B')} predicted, {format_si(mem['measured_peak_bytes'], 'B')} peak | "
+          f"{energy['joules']:.3g} J ({energy['source']}) {card['co2_g']:.2g} g CO2 | "
+          f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms | restarts {card['restarts']}")
+  return head + '\n' + cost

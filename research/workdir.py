@@ -15,7 +15,7 @@ import ml_collections
 # already taken or about to be taken (logging, evaluation, checkpoint cadence, length, where data is read from).
 SAFE_TO_CHANGE = ('steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'progress',
                   'eval_batch_size', 'max_consecutive_nonfinite', 'dataset.data_dir')
-SAFE_GROUPS = ('budget.',)  # Every key of these groups: budgets cap a run, they do not change its steps.
+SAFE_GROUPS = ('budget.', 'accounting.')  # Budgets cap a run and accounting measures it: neither changes a step.
 
 
 class WorkdirError(RuntimeError):

@@ -27,11 +27,14 @@ def test_quick_pipeline_writes_table_summary_and_plot(tmp_path):
   for name, entry in summary['models'].items():
     assert len(entry['test_accuracy']) == 1 and all(0 <= a <= 1 for a in entry['test_accuracy'])
     assert entry['mean'] == entry['test_accuracy'][0] and entry['std'] == 0.0 and entry['steps'] == 20
+    assert entry['train_flops'] > 0 and entry['wall_time_s'] > entry['train_time_s'] > 0 and entry['energy_j'] > 0
   assert summary['models']['cnn']['paper_test_accuracy'] == 0.94
   assert summary['models']['lstm']['paper_test_accuracy'] is None
   table = (out / 'table.md').read_text()
   assert all(f'| {name} |' in table for name in MODELS)
   assert '| cnn | 5,210 | 94.0% |' in table and '| cnn | 5,210 | 94.0% |' in proc.stdout  # Printed too.
+  assert '| train FLOPs | train time | wall time | energy |' in table
+  assert f"J ({summary['models']['cnn']['energy_source']}) |" in table
   assert (out / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
   # Rerunning skips the finished runs (same cards, no retraining).

@@ -59,7 +59,23 @@ def test_train_writes_every_output(tmp_path, env):
   assert _metric_steps(workdir, 'eval') == [20, 40, 60]
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['30', '60']
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
-  assert 'test_accuracy=' in proc.stdout.splitlines()[-1]  # The final one-line summary.
+  assert 'test_accuracy=' in proc.stdout.splitlines()[-2]  # The final summary: results, then costs.
+  assert proc.stdout.splitlines()[-1].startswith('cost: ')
+  # The cost section (issue 5's layout): every key present, figures consistent with each other.
+  assert card['params']['bytes'] == 4 * 15_210 and card['params']['checkpoint_bytes'] > 0
+  flops = card['flops']
+  assert 0.9 < flops['train_step']['analytic'] / flops['train_step']['xla'] < 1.1
+  assert 0.9 < flops['eval_example']['analytic'] / flops['eval_example']['xla'] < 1.1
+  assert flops['total_train'] == 60 * flops['train_step']['xla']
+  assert set(card['time']) == {'compile_s', 'train_s', 'eval_s', 'checkpoint_s', 'data_wait_s', 'wall_s'}
+  assert card['throughput']['examples_per_s'] > 0 and 0 < card['mfu']['value'] < 1
+  assert card['mfu']['peak_source'].startswith(('measured', 'table'))
+  assert card['memory']['predicted_bytes'] > 0 and card['memory']['measured_peak_bytes'] > 0
+  assert card['energy']['joules'] > 0 and card['energy']['source'] in ('nvml', 'rapl', 'estimate')
+  if card['energy']['source'] == 'estimate':
+    assert 'not a measurement' in card['energy']['assumptions']
+  assert card['co2_g'] > 0 and card['restarts'] == 0
+  assert 0 < card['inference']['batch1_p50_ms'] <= card['inference']['batch1_p99_ms']
 
 
 def _checkpoint_steps(workdir):
@@ -102,6 +118,9 @@ def test_five_sigkills_at_random_points_resume_to_the_same_final_state(tmp_path,
   assert 'Resuming from the checkpoint at step' in resumed.stdout
   card = _card(workdir)
   assert card['resumed_from_step'] > 0 and card['restarts'] == 5
+  # Totals add up the sessions up to each one's last checkpoint; this session alone is less.
+  assert card['time']['wall_s'] > card['session_time']['wall_s']
+  assert card['time']['train_s'] > card['session_time']['train_s']
   assert card['final_state_sha256'] == _card(reference)['final_state_sha256']
   assert card['final_metrics']['test_accuracy'] == _card(reference)['final_metrics']['test_accuracy']
   # metrics.jsonl: every log point exactly once, as in the uninterrupted run.
@@ -173,3 +192,33 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_still_ends_bit_exact(tmp_pat
   card = _card(workdir)
   assert card['resumed_from_step'] == 30 and [c['step'] for c in card['checkpoints_skipped']] == [60]
   assert card['final_state_sha256'] == _card(reference)['final_state_sha256']
+
+
+@pytest.mark.parametrize('budget', ['max_flops', 'max_seconds', 'max_joules'])
+def test_a_budget_stops_the_run_cleanly_with_a_checkpoint(tmp_path, env, budget):
+  # FLOPs: 30.5 steps' worth stops after step 31. Seconds and joules: limits reached at once stop at the first
+  # check (every step for seconds, the first log point for joules).
+  per_step = 8.7e6  # The MLP's XLA train-step FLOPs at batch 100 (the card of a plain run says so; checked below).
+  value, expected_steps = {'max_flops': (30.5 * per_step, 31), 'max_seconds': (1e-3, 1),
+                           'max_joules': (1e-6, 10)}[budget]
+  workdir = tmp_path / 'run'
+  proc = _run(_cmd(workdir, *SHORT, f'--config.budget.{budget}={value}'), env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  card = _card(workdir)
+  if budget == 'max_flops':
+    assert card['flops']['train_step']['xla'] == pytest.approx(per_step, rel=0.01)
+  assert card['stop_reason'] == f'budget.{budget}' and card['steps'] == expected_steps
+  assert f'Reached budget.{budget}=' in proc.stdout
+  assert _checkpoint_steps(workdir)[-1] == expected_steps
+
+
+def test_dry_run_prints_the_costs_and_writes_nothing(tmp_path, env):
+  workdir = tmp_path / 'run'
+  proc = _run(_cmd(workdir, '--dry_run'), env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith('dry run: mlp on mnist1d, 6000 steps of batch 100')
+  assert any(line.split()[:1] == ['params'] and '15,210' in line for line in lines)
+  assert any('FLOPs/step' in line and '(XLA)' in line and '(analytic)' in line for line in lines)
+  assert any(line.strip().startswith('estimate') and ' J (' in line and 'g CO2' in line for line in lines)
+  assert not workdir.exists()

@@ -10,7 +10,7 @@ The numbers behind each entry of the run card's cost section:
   energy, co2_g EnergyMeter().start() ... .read() -> {joules, source, assumptions}; co2_grams(joules, g_per_kwh)
   checkpoint    dir_bytes(path)
 
-Inference latency (batch-1 p50/p99) is measured by research.inference.predict.
+  inference     batch1_latency_ms(forward, params, inputs) -> {p50_ms, p99_ms, timed_examples}
 """
 
 from research.cost.analytic import analytic_flops
@@ -19,6 +19,7 @@ from research.cost.analytic import Layer
 from research.cost.analytic import layer_flops
 from research.cost.energy import co2_grams
 from research.cost.energy import EnergyMeter
+from research.cost.latency import batch1_latency_ms
 from research.cost.memory import dir_bytes
 from research.cost.memory import measured_peak_bytes
 from research.cost.memory import MemoryReading
@@ -33,6 +34,7 @@ from research.cost.xla import StepCosts
 from research.cost.xla import xla_flops
 
 __all__ = ['EnergyMeter', 'Layer', 'MemoryReading', 'StepCosts', 'analytic_flops', 'analytic_train_step_flops',
+           'batch1_latency_ms',
            'co2_grams', 'compiled_flops', 'dir_bytes', 'layer_flops', 'measured_peak_bytes', 'mfu',
            'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes', 'reset_peak_rss', 'step_costs',
            'xla_flops']

@@ -11,21 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research import checkpointing, data, metrics as metrics_lib, models, run_card, sharding
+from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card, sharding
 from research import workdir as workdir_lib
 from research.config import ConfigError
-from research.training import optim, steps as steps_lib
+from research.training import accounting, optim, steps as steps_lib
 from research.training.preemption import StopRequest
 from research.training.train_state import TrainState, create_train_state
-
-
-@dataclasses.dataclass
-class Timers:
-  """Seconds spent per phase (the run card reports them separately)."""
-  compile_s: float = 0.0
-  train_s: float = 0.0
-  eval_s: float = 0.0
-  checkpoint_s: float = 0.0
 
 
 class ModelAndState(NamedTuple):
@@ -114,20 +105,10 @@ def check_batches_fit(config, dataset: data.Dataset) -> None:
                       f'at most the {dataset.num_test} test examples of {dataset.name}')
 
 
-class Ledger(NamedTuple):
-  """Totals over every session of a run (saved with each checkpoint, so they survive restarts)."""
-  restarts: int = 0
-  time: dict = {}
-
-  def plus(self, timers: 'Timers') -> dict:
-    """The JSON saved with a checkpoint: these totals plus the current session's timers."""
-    current = dataclasses.asdict(timers)
-    return {'restarts': self.restarts, 'time': {k: self.time.get(k, 0.0) + v for k, v in current.items()}}
-
-
 def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter, *,
-            changes: list[workdir_lib.Change]) -> tuple[TrainState, Ledger]:
-  """Restores the newest usable checkpoint into `state` and `train_iter`, if there is one.
+            changes: list[workdir_lib.Change]) -> tuple[TrainState, accounting.Ledger]:
+  """Restores the newest usable checkpoint into `state` and `train_iter`, if there is one; returns the state and
+  the ledger of the sessions before.
 
   Raises:
     workdir_lib.WorkdirError: there are checkpoints but none restores into `state` (all damaged, or accepted config
@@ -140,11 +121,10 @@ def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter, *,
             'structure; ' if changes else '')
     raise workdir_lib.WorkdirError(f'{" ".join(str(e).split())[:400]}\n{hint}start a new --workdir') from e
   if restored is None:
-    return state, Ledger()
+    return state, accounting.Ledger()
   train_iter.set_state(restored.data_state)
   print(f'Resuming from the checkpoint at step {restored.step} in {ckpt.directory}', flush=True)
-  extra = restored.extra
-  return restored.state, Ledger(restarts=extra.get('restarts', 0) + 1, time=extra.get('time', {}))
+  return restored.state, accounting.Ledger.from_extra(restored.extra)
 
 
 def _write_config(workdir: str, config) -> None:
@@ -162,46 +142,45 @@ class _Session:
   train_iter: Any
   ckpt: checkpointing.Checkpointer
   writer: metrics_lib.MetricWriter
-  ledger: Ledger
+  tracker: accounting.Tracker
+  timers: accounting.Timers  # compile_s is already set; the loop adds the rest.
 
 
 class _Outcome(NamedTuple):
   state: TrainState
   step: int
-  stop_reason: str  # 'steps' | 'preempted' | 'nonfinite'
+  stop_reason: str  # 'steps' | 'preempted' | 'nonfinite' | 'budget.max_seconds' | ...
   last_train: dict
   last_eval: dict
-  timers: Timers
   message: str | None  # Why the run stopped early, for the user.
 
 
 def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outcome:
   """Steps from `start_step` to `config.steps`, logging, evaluating and checkpointing on the way.
 
-  Stops early on SIGTERM/SIGINT (after a checkpoint) or after `max_consecutive_nonfinite` skipped steps in a row.
+  Stops early, after a checkpoint, on SIGTERM/SIGINT or at a budget; or after `max_consecutive_nonfinite` skipped
+  steps in a row (with the last good checkpoint).
   """
-  config, ckpt, writer = session.config, session.ckpt, session.writer
-  timers, stop = Timers(), StopRequest()
+  config, ckpt, writer, tracker, timers = (session.config, session.ckpt, session.writer, session.tracker,
+                                           session.timers)
+  stop = StopRequest()
   progress = metrics_lib.Progress(total=config.steps, initial=start_step, enabled=config.progress)
   pending, last_train, last_eval, stop_reason, message = [], {}, {}, 'steps', None
   step, t_train = start_step, time.time()
   try:
     while step < config.steps:
+      t0 = time.perf_counter()
       batch = sharding.put_batch(next(session.train_iter), session.mesh)
-      if step == start_step:  # The first call compiles; time it on its own.
-        t0 = time.time()
-        state, step_metrics = session.train_step(state, batch)
-        jax.block_until_ready(state)
-        timers.compile_s = time.time() - t0
-      else:
-        state, step_metrics = session.train_step(state, batch)
+      timers.data_wait_s += time.perf_counter() - t0
+      state, step_metrics = session.train_step(state, batch)
       step += 1
       pending.append(step_metrics)
       progress.update(step)
       # One reading of the stop flag per step: a signal arriving later in this iteration (say, during the eval)
       # waits for the next step rather than breaking out of this one without its checkpoint.
       stopping = stop.requested(step)
-      done = step == config.steps or stopping
+      budget = tracker.budget_reached(step, check_energy=step % config.log_every == 0)
+      done = step == config.steps or stopping or budget is not None
       if step % config.log_every == 0 or done:
         last_train, pending = _reduce_metrics(pending), []
         writer.write(step, 'train', last_train)
@@ -219,22 +198,27 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         writer.write(step, 'eval', last_eval)
       if (step % config.checkpoint_every == 0 or done) and _finite_now(step_metrics, step):
         t0 = time.time()
-        timers.train_s = t0 - t_train - timers.eval_s - timers.checkpoint_s - timers.compile_s
-        ckpt.save(step, state, session.train_iter.get_state(), extra=session.ledger.plus(timers))
+        timers.train_s = t0 - t_train - timers.eval_s - timers.checkpoint_s
+        ckpt.save(step, state, session.train_iter.get_state(), extra=tracker.extra(timers))
         timers.checkpoint_s += time.time() - t0
       if stopping:
         stop_reason = 'preempted'
         print(f'\nReceived {stop.reason}: stopped at step {step} with a checkpoint.', flush=True)
         break
+      if budget is not None:
+        stop_reason = budget
+        print(f'\nReached {budget}={config.budget[budget.split(".")[1]]:g}: stopped at step {step} with a '
+              'checkpoint.', flush=True)
+        break
     t0 = time.time()
     ckpt.close()
     timers.checkpoint_s += time.time() - t0
-    timers.train_s = time.time() - t_train - timers.eval_s - timers.checkpoint_s - timers.compile_s
+    timers.train_s = time.time() - t_train - timers.eval_s - timers.checkpoint_s
   finally:
     progress.close()
     writer.close()
     stop.restore_handlers()
-  return _Outcome(state, step, stop_reason, last_train, last_eval, timers, message)
+  return _Outcome(state, step, stop_reason, last_train, last_eval, message)
 
 
 def _finite_now(step_metrics: dict, step: int) -> bool:
@@ -308,21 +292,84 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   state, ledger = _resume(ckpt, state, train_iter, changes=changes)
   start_step = int(state.step)
   _write_config(workdir, config)
-  eval_step = make_jit_eval_step(model, mesh)
+  t0 = time.time()
+  train_step, eval_step, step_figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
+  timers = accounting.Timers(compile_s=time.time() - t0)
+  run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size, mesh=mesh)
   session = _Session(
-      config=config, mesh=mesh, train_iter=train_iter, ckpt=ckpt, ledger=ledger,
-      train_step=make_jit_train_step(model, tx, schedule, mesh, l1=config.optimizer.l1, l2=config.optimizer.l2),
-      run_eval=lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size,
-                                       mesh=mesh),
-      writer=metrics_lib.MetricWriter(workdir, resume_step=start_step))
+      config=config, mesh=mesh, train_iter=train_iter, ckpt=ckpt, train_step=train_step, run_eval=run_eval,
+      writer=metrics_lib.MetricWriter(workdir, resume_step=start_step), timers=timers,
+      tracker=accounting.Tracker(config, ledger, step_figures, t_start=t_start))
   outcome = _train_steps(session, state, start_step)
 
-  last_eval = outcome.last_eval or session.run_eval(outcome.state.params)  # Resumed at the end, or rolled back.
+  last_eval = outcome.last_eval or run_eval(outcome.state.params)  # Resumed at the end, or rolled back.
+  test_inputs = dataset.test[np.arange(min(100, dataset.num_test))]['inputs']
+  costs = accounting.card_costs(
+      session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.step - start_step,
+      checkpoint_dir=ckpt.directory)
+  # After the memory reading: compiling the batch-1 forward would add its own peak.
+  costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
   card = run_card.build(
       config, outcome.state, steps=outcome.step, stop_reason=outcome.stop_reason, resumed_from_step=start_step,
-      wall_time_s=time.time() - t_start, time=dataclasses.asdict(outcome.timers),
-      totals=ledger.plus(outcome.timers), checkpoints_skipped=ckpt.skipped, message=outcome.message,
+      wall_time_s=time.time() - t_start, costs=costs, checkpoints_skipped=ckpt.skipped, message=outcome.message,
       final_metrics={'train_loss': outcome.last_train.get('loss'), 'test_loss': last_eval['loss'],
                      'test_accuracy': last_eval['accuracy']})
   run_card.write(workdir, card)
   return card
+
+
+def _compile_steps(config, model, tx, schedule, state: TrainState, dataset: data.Dataset, mesh):
+  """Compiles the train and eval steps ahead of time and reads their FLOPs and memory from XLA.
+
+  Returns:
+    (train_step, eval_step, accounting.StepCost): the compiled executables, called like the jitted functions.
+  """
+  train_step = make_jit_train_step(model, tx, schedule, mesh, l1=config.optimizer.l1, l2=config.optimizer.l2)
+  example = dataset.train[np.arange(config.batch_size)]
+  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+                  for k, v in example.items()}
+  eval_batch = next(iter(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)))
+  costs = cost.step_costs(train_step, state, batch_shapes, eval_step=make_jit_eval_step(model, mesh),
+                          params=state.params, eval_batch=sharding.put_batch(eval_batch, mesh))
+  figures = accounting.step_cost(config, costs, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+  return costs.train_step, costs.eval_step, figures
+
+
+def dry_run(config, *, timed_steps: int = 20) -> dict:
+  """Compiles the steps and times a few of them on real batches, writing nothing: what the run would cost.
+
+  Args:
+    config: a validated config.
+    timed_steps: train steps timed (after two warm-up steps) to project the time and energy of `config.steps`.
+
+  Returns:
+    {'params', 'flops', 'predicted_bytes', 'compile_s', 'step_s', 'estimate': {train_flops, seconds, joules, co2_g},
+     'energy': {source, assumptions}}.
+  """
+  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
+                                                      'eval_batch_size': config.eval_batch_size})
+  dataset = data.load_dataset(config.dataset)
+  check_batches_fit(config, dataset)
+  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
+                                                      input_shape=dataset.input_shape, mesh=mesh)
+  params = cost.param_stats(state.params)
+  t0 = time.time()
+  train_step, _, figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
+  compile_s = time.time() - t0
+  train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
+  meter = cost.EnergyMeter(config.accounting.energy_source, watts_per_core=config.accounting.watts_per_busy_core)
+  meter.start()
+  for i in range(2 + timed_steps):
+    if i == 2:  # After the warm-up steps.
+      jax.block_until_ready(state)
+      t0, j0 = time.perf_counter(), meter.read()['joules']
+    state, _ = train_step(state, sharding.put_batch(next(train_iter), mesh))
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - t0) / timed_steps
+  energy = meter.read()
+  estimate = accounting.dry_run_estimate(
+      figures, seconds_per_step=step_s, joules_per_step=(energy['joules'] - j0) / timed_steps, steps=config.steps,
+      grid_co2_g_per_kwh=config.accounting.grid_co2_g_per_kwh)
+  return {'params': params, 'flops': figures._asdict(), 'predicted_bytes': figures.predicted_bytes,
+          'compile_s': compile_s, 'step_s': step_s, 'timed_steps': timed_steps, 'estimate': estimate,
+          'energy': {'source': energy['source'], 'assumptions': energy['assumptions']}}

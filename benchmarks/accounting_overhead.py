@@ -1,0 +1,86 @@
+r"""How much slower a run is with cost accounting than without: runs the same training both ways, alternating.
+
+"Without" replaces the loop's accounting.Tracker with one that reads no clock, no energy meter and checks no
+budget, and skips the end-of-run cost section (peak lookup, memory, batch-1 latency). Compilation (which XLA's
+FLOP count needs anyway) is the same both ways. Reports min and median over repeats of the session's wall time
+and of its train time, and their ratios (target: <= 1.03).
+
+  JAX_PLATFORMS=cpu python benchmarks/accounting_overhead.py [--models=mlp,cnn] [--steps=3000] [--repeats=3]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import mnist1d  # pylint: disable=g-import-not-at-top,wrong-import-position
+from research.training import accounting, loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class _NoAccounting(accounting.Tracker):
+  """A Tracker that does nothing per step and no energy reading."""
+
+  def __init__(self, config, ledger, step_figures, *, t_start):  # pylint: disable=super-init-not-called
+    self.config, self.ledger, self.step, self.t_start = config, ledger, step_figures, t_start
+
+  def budget_reached(self, step, *, check_energy):
+    return None
+
+  def extra(self, timers):
+    return {}
+
+
+def _run(config, accounted: bool) -> tuple[float, float]:
+  seen = {}
+
+  def no_costs(tracker, timers, **_):
+    del tracker
+    seen['train_s'] = timers.train_s
+    return {'session_time': {'train_s': timers.train_s}}
+
+  patches = {} if accounted else {
+      'Tracker': _NoAccounting, 'card_costs': no_costs, 'batch1_latency': lambda *a, **k: {}}
+  saved = {name: getattr(accounting, name) for name in patches}
+  for name, value in patches.items():
+    setattr(accounting, name, value)
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      t0 = time.perf_counter()
+      card = loop.train_and_evaluate(config, workdir)
+      wall = time.perf_counter() - t0
+  finally:
+    for name, value in saved.items():
+      setattr(accounting, name, value)
+  return wall, card['session_time']['train_s']
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='mlp,cnn')
+  parser.add_argument('--steps', type=int, default=3000)
+  parser.add_argument('--repeats', type=int, default=3)
+  args = parser.parse_args()
+  print(f'{args.steps} steps per run, {args.repeats} repeats, alternating off/on; seconds: min / median')
+  print(f'{"model":8} {"wall off":>14} {"wall on":>14} {"ratio":>12} {"train off":>14} {"train on":>14} {"ratio":>12}')
+  for name in args.models.split(','):
+    config = mnist1d.get_config(name)
+    config.steps, config.progress = args.steps, False
+    config.eval_every = config.checkpoint_every = args.steps
+    results = {False: [], True: []}
+    for _ in range(args.repeats):
+      for accounted in (False, True):
+        results[accounted].append(_run(config, accounted))
+    cell = lambda xs: f'{min(xs):6.2f} / {statistics.median(xs):5.2f}'
+    ratio = lambda on, off: f'{min(on) / min(off):5.3f} / {statistics.median(on) / statistics.median(off):5.3f}'
+    wall = {k: [w for w, _ in v] for k, v in results.items()}
+    train = {k: [t for _, t in v] for k, v in results.items()}
+    print(f'{name:8} {cell(wall[False]):>14} {cell(wall[True]):>14} {ratio(wall[True], wall[False]):>12} '
+          f'{cell(train[False]):>14} {cell(train[True]):>14} {ratio(train[True], train[False]):>12}', flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,159 @@
+"""What a run costs, as it goes: timers, the ledger saved with each checkpoint, budgets, and the card's cost section.
+
+The figures come from research.cost (FLOPs, peak, memory, energy); this module decides when they are taken and adds
+them up across sessions, so a run killed and resumed N times reports its totals and `restarts: N`.
+"""
+
+import dataclasses
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from research import cost
+
+BUDGETS = ('max_seconds', 'max_flops', 'max_joules')
+
+
+@dataclasses.dataclass
+class Timers:
+  """Seconds this session spent per phase (train_s excludes the others)."""
+  compile_s: float = 0.0
+  train_s: float = 0.0
+  eval_s: float = 0.0
+  checkpoint_s: float = 0.0
+  data_wait_s: float = 0.0  # Getting the next batch to the devices: the pipeline's share of train time.
+
+
+class Ledger(NamedTuple):
+  """Totals of the sessions before this one, restored from the newest checkpoint's `extra` JSON."""
+  restarts: int = 0
+  time: dict = {}  # Timers fields and wall_s, summed.
+  joules: float = 0.0
+
+  @classmethod
+  def from_extra(cls, extra: dict | None) -> 'Ledger':
+    """The ledger of a restored checkpoint (this session is one restart more); a fresh run's is empty."""
+    if extra is None:
+      return cls()
+    return cls(restarts=extra.get('restarts', 0) + 1, time=extra.get('time', {}), joules=extra.get('joules', 0.0))
+
+
+class StepCost(NamedTuple):
+  """Per-step figures, fixed once the steps are compiled."""
+  train_step_flops: float  # XLA's count, loop iterations included, all devices.
+  train_step_flops_analytic: float
+  eval_example_flops: float
+  eval_example_flops_analytic: float
+  predicted_bytes: int  # XLA's memory plan of the train step, per device.
+  examples_per_step: int
+
+
+def step_cost(config, costs: cost.StepCosts, *, input_shape: tuple[int, ...], num_classes: int) -> StepCost:
+  """Combines XLA's figures for the compiled steps with the analytic formulas (docs/flops.md)."""
+  analytic = dict(input_shape=input_shape, num_classes=num_classes)
+  return StepCost(
+      train_step_flops=costs.train_step_flops,
+      train_step_flops_analytic=cost.analytic_train_step_flops(config.model, batch_size=config.batch_size,
+                                                               **analytic),
+      eval_example_flops=costs.eval_example_flops,
+      eval_example_flops_analytic=cost.analytic_flops(config.model, **analytic),
+      predicted_bytes=costs.train_memory_bytes, examples_per_step=config.batch_size)
+
+
+class Tracker:
+  """Adds this session's time and energy to the ledger, and checks budgets.
+
+  Budgets count the whole run (every session): wall seconds, train FLOPs (steps x FLOPs per step) and joules.
+  Seconds and FLOPs are checked every step (a clock read); joules, whose reading costs more, at each log point.
+  """
+
+  def __init__(self, config, ledger: Ledger, step_figures: StepCost, *, t_start: float):
+    self.config, self.ledger, self.step = config, ledger, step_figures
+    self.t_start = t_start
+    self.meter = cost.EnergyMeter(config.accounting.energy_source,
+                                  watts_per_core=config.accounting.watts_per_busy_core)
+    self.meter.start()
+    self.rss_baseline = cost.reset_peak_rss()  # After compiling: the peak then is the training's own.
+    budget = config.budget
+    self._max_seconds = budget.max_seconds or float('inf')
+    self._max_flops = budget.max_flops or float('inf')
+    self._max_joules = budget.max_joules or float('inf')
+
+  def wall_s(self) -> float:
+    return self.ledger.time.get('wall_s', 0.0) + time.time() - self.t_start
+
+  def joules(self) -> float:
+    return self.ledger.joules + self.meter.read()['joules']
+
+  def budget_reached(self, step: int, *, check_energy: bool) -> str | None:
+    """The first budget key the run has reached after `step` steps, or None."""
+    if self.wall_s() >= self._max_seconds:
+      return 'budget.max_seconds'
+    if step * self.step.train_step_flops >= self._max_flops:
+      return 'budget.max_flops'
+    if check_energy and self.joules() >= self._max_joules:
+      return 'budget.max_joules'
+    return None
+
+  def extra(self, timers: Timers) -> dict:
+    """The ledger as saved with a checkpoint: totals including this session up to now."""
+    totals = {k: self.ledger.time.get(k, 0.0) + v for k, v in dataclasses.asdict(timers).items()}
+    totals['wall_s'] = self.wall_s()
+    return {'restarts': self.ledger.restarts, 'time': totals, 'joules': self.joules()}
+
+
+def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_steps: int,
+               checkpoint_dir: str) -> dict:
+  """The run card's cost section (keys documented in README, "What a run writes"); the caller adds `inference`
+  (batch1_latency) after this reading of the memory peak."""
+  config, step = tracker.config, tracker.step
+  totals = tracker.extra(timers)
+  energy = tracker.meter.read()
+  energy['joules'] = totals['joules']
+  peak, peak_source = cost.peak_flops_per_s()
+  devices = jax.device_count()
+  train_flops_session = session_steps * step.train_step_flops
+  measured = cost.measured_peak_bytes()
+  params = cost.param_stats(state.params)
+  return {
+      'restarts': totals['restarts'],
+      'params': {'count': params['count'], 'bytes': params['bytes'], 'by_dtype': params['by_dtype'],
+                 'checkpoint_bytes': cost.dir_bytes(checkpoint_dir)},
+      'flops': {'train_step': {'analytic': step.train_step_flops_analytic, 'xla': step.train_step_flops},
+                'eval_example': {'analytic': step.eval_example_flops_analytic, 'xla': step.eval_example_flops},
+                'total_train': steps * step.train_step_flops},
+      'time': totals['time'],
+      'session_time': dataclasses.asdict(timers) | {'wall_s': time.time() - tracker.t_start},
+      'throughput': {'examples_per_s': session_steps * step.examples_per_step / timers.train_s
+                     if timers.train_s > 0 else None},
+      'mfu': {'value': cost.mfu(train_flops_session / devices, timers.train_s, peak) if timers.train_s > 0 else None,
+              'peak_flops_per_s': peak, 'peak_source': peak_source,
+              'note': 'XLA train-step FLOPs per device over train_s (compile, eval, checkpoints and data wait '
+                      'excluded from the time) this session'},
+      'memory': {'predicted_bytes': step.predicted_bytes, 'measured_peak_bytes': measured.bytes,
+                 'measured_source': measured.source,
+                 'measured_rise_bytes': (measured.bytes - tracker.rss_baseline
+                                         if tracker.rss_baseline is not None and measured.source.startswith('process')
+                                         else None)},
+      'energy': energy,
+      'co2_g': cost.co2_grams(energy['joules'], config.accounting.grid_co2_g_per_kwh),
+  }
+
+
+def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) -> dict:
+  """The card's `inference` entry: batch-1 forward latency p50/p99 on one device, over preprocessed `inputs`."""
+  device = jax.devices()[0]
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  timing = cost.batch1_latency_ms(forward, jax.device_put(params, device), inputs, examples=examples)
+  return {'batch1_p50_ms': timing['p50_ms'], 'batch1_p99_ms': timing['p99_ms'],
+          'timed_examples': timing['timed_examples'], 'device': device.device_kind}
+
+
+def dry_run_estimate(tracker_step: StepCost, *, seconds_per_step: float, joules_per_step: float, steps: int,
+                     grid_co2_g_per_kwh: float) -> dict[str, Any]:
+  """Projected totals for `steps` steps from a few timed steps."""
+  joules = joules_per_step * steps
+  return {'train_flops': steps * tracker_step.train_step_flops, 'seconds': seconds_per_step * steps,
+          'joules': joules, 'co2_g': cost.co2_grams(joules, grid_co2_g_per_kwh)}
