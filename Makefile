@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock setup.cfg | cksum | cut -d' ' -f1)
-PYTEST_ARGS ?=
+# Two workers: most end-to-end tests wait on subprocesses, and CI has 2 cores (pytest-xdist is in the lock).
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test venv lock clean
 

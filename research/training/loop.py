@@ -14,7 +14,7 @@ import optax
 from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card, sharding
 from research import workdir as workdir_lib
 from research.config import ConfigError
-from research.training import accounting, optim, steps as steps_lib
+from research.training import accounting, nonfinite, optim, steps as steps_lib
 from research.training.preemption import StopRequest
 from research.training.train_state import TrainState, create_train_state
 
@@ -187,8 +187,8 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         progress.report(step, {'loss': last_train['loss'], **{f'test_{k}': v for k, v in last_eval.items()}})
         streak = int(last_train['nonfinite_streak'])
         if streak >= config.max_consecutive_nonfinite:
-          state, restored_step = _restore_last_good(ckpt, state, step, streak=streak)
-          stop_reason, message = 'nonfinite', _nonfinite_message(config, step, restored_step, streak)
+          state, restored_step = nonfinite.restore_last_good(ckpt, state, step, streak=streak)
+          stop_reason, message = 'nonfinite', nonfinite.message(config, step, restored_step, streak)
           step, last_eval = restored_step or step, {}
           break
       if step % config.eval_every == 0 or done:
@@ -196,7 +196,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         last_eval = session.run_eval(state.params)
         timers.eval_s += time.time() - t0
         writer.write(step, 'eval', last_eval)
-      if (step % config.checkpoint_every == 0 or done) and _finite_now(step_metrics, step):
+      if (step % config.checkpoint_every == 0 or done) and nonfinite.finite_now(step_metrics, step):
         t0 = time.time()
         timers.train_s = t0 - t_train - timers.eval_s - timers.checkpoint_s
         ckpt.save(step, state, session.train_iter.get_state(), extra=tracker.extra(timers))
@@ -219,42 +219,6 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
     writer.close()
     stop.restore_handlers()
   return _Outcome(state, step, stop_reason, last_train, last_eval, message)
-
-
-def _finite_now(step_metrics: dict, step: int) -> bool:
-  """False while the latest steps are being skipped: their params already gave a NaN/Inf, so no checkpoint."""
-  streak = int(step_metrics['nonfinite_streak'])  # A sync, but only at checkpoint time, which syncs anyway.
-  if streak:
-    print(f'\nwarning: no checkpoint at step {step}: its last {streak} steps had a NaN/Inf loss or gradient',
-          flush=True)
-  return not streak
-
-
-def _restore_last_good(ckpt: checkpointing.Checkpointer, state: TrainState, step: int, *,
-                       streak: int) -> tuple[TrainState, int | None]:
-  """After `streak` non-finite steps ending at `step`: the newest checkpoint from before the divergence and its
-  step, or (state, None) if there is none.
-
-  Step k computes its loss with the params after k - 1 updates. The first bad step, step - streak + 1, thus saw
-  the params after step - streak updates, which are bad although finite (an update blew them up); the newest
-  good checkpoint is the newest one before that.
-  """
-  ckpt.wait()
-  good = [s for s in ckpt.all_steps() if s < step - streak]
-  if not good:
-    return state, None
-  restored = ckpt.restore(state, step=max(good))
-  return restored.state, restored.step
-
-
-def _nonfinite_message(config, step: int, restored_step: int | None, streak: int) -> str:
-  first_bad = step - streak + 1
-  final = (f'Final state: the checkpoint at step {restored_step}, the newest from before.' if restored_step else
-           f'No checkpoint predates step {first_bad}: the final state (step {step}) is suspect.')
-  return (f'training stopped at step {step}: the loss or gradient was NaN/Inf at every step since step {first_bad} '
-          f'({streak} in a row, max_consecutive_nonfinite={config.max_consecutive_nonfinite}); those updates were '
-          f'skipped. {final}\nTry a lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or '
-          'optimizer.grad_clip_norm > 0, in a new --workdir.')
 
 
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
