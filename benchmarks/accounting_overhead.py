@@ -58,6 +58,19 @@ def _run(config, accounted: bool) -> tuple[float, float]:
   return wall, card['session_time']['train_s']
 
 
+def _hook_cost(config) -> tuple[float, float]:
+  """Microseconds per call of the loop's per-step budget check, without and with the energy reading."""
+  figures = accounting.StepCost(1.0, 1.0, 1.0, 1.0, 1, config.batch_size)
+  tracker = accounting.Tracker(config, accounting.Ledger(), figures, t_start=time.time())
+  out = []
+  for check_energy, calls in ((False, 100_000), (True, 1_000)):
+    t0 = time.perf_counter()
+    for step in range(calls):
+      tracker.budget_reached(step, check_energy=check_energy)
+    out.append(1e6 * (time.perf_counter() - t0) / calls)
+  return out[0], out[1]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='mlp,cnn')
@@ -80,6 +93,10 @@ def main() -> None:
     train = {k: [t for _, t in v] for k, v in results.items()}
     print(f'{name:8} {cell(wall[False]):>14} {cell(wall[True]):>14} {ratio(wall[True], wall[False]):>12} '
           f'{cell(train[False]):>14} {cell(train[True]):>14} {ratio(train[True], train[False]):>12}', flush=True)
+  check_us, energy_us = _hook_cost(mnist1d.get_config('mlp'))
+  log_every = mnist1d.get_config('mlp').log_every
+  print(f'per-step hook: budget check {check_us:.2f} us/step, + energy reading {energy_us:.0f} us every {log_every} '
+        f'steps = {check_us + energy_us / log_every:.2f} us/step on average')
 
 
 if __name__ == '__main__':

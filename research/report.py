@@ -242,18 +242,8 @@ def pareto_front(costs: Sequence[float], values: Sequence[float], *, higher_is_b
 def _config_key(config: dict | None, path: str) -> tuple:
   if config is None:  # Nothing says which runs repeat this one: it is a group of its own.
     return (('<no config.json>', path),)
-  return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in _flatten(config).items()
+  return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in workdir_lib.flatten(config).items()
                       if k not in _NOT_CONFIG))
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
 
 
 def _energy_source(row: dict) -> str:
@@ -264,7 +254,7 @@ def _summarize(rows: list[dict], config: dict | None) -> dict:
   """One group's entry of group_runs from its members' run_rows."""
   metric = _first(*(r['metric'] for r in rows))
   summary = {'model': rows[0]['model'], 'dataset': rows[0]['dataset'], 'dataset_variant': rows[0]['dataset_variant'],
-             'config': {k: v for k, v in _flatten(config or {}).items() if k not in _NOT_CONFIG},
+             'config': {k: v for k, v in workdir_lib.flatten(config or {}).items() if k not in _NOT_CONFIG},
              'runs': [r['run'] for r in rows], 'seeds': [r['seed'] for r in rows], 'n': len(rows),
              'metric': metric, 'higher_is_better': _first(*(r['higher_is_better'] for r in rows)),
              'energy_sources': sorted({_energy_source(r) for r in rows if r['energy_j'] is not None})}

@@ -50,11 +50,12 @@ def check_writable(workdir: str) -> None:
       raise WorkdirError(f'--workdir={workdir}: {sub_path} is not writable')
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: a config's JSON dict keyed like --config.KEY overrides."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
       out[prefix + key] = value
   return out
@@ -62,7 +63,7 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 def config_changes(saved: dict, new: dict) -> list[Change]:
   """Keys whose values differ between two configs (as JSON dicts), sorted; absent keys show as None."""
-  saved_flat, new_flat = _flatten(saved), _flatten(new)
+  saved_flat, new_flat = flatten(saved), flatten(new)
   return [Change(k, saved_flat.get(k), new_flat.get(k)) for k in sorted(set(saved_flat) | set(new_flat))
           if saved_flat.get(k) != new_flat.get(k)]
 

@@ -221,6 +221,16 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
   return _Outcome(state, step, stop_reason, last_train, last_eval, message)
 
 
+def _build(config) -> tuple[Any, data.Dataset, ModelAndState]:
+  """The mesh, the loaded dataset (checked against the batch sizes) and the model with its initial state."""
+  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
+                                                      'eval_batch_size': config.eval_batch_size})
+  dataset = data.load_dataset(config.dataset)
+  check_batches_fit(config, dataset)
+  return mesh, dataset, create_model_and_state(config, num_classes=dataset.num_classes,
+                                               input_shape=dataset.input_shape, mesh=mesh)
+
+
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir`, resuming from its latest usable checkpoint if there is one.
 
@@ -241,12 +251,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   t_start = time.time()
   workdir_lib.check_writable(workdir)
   changes = workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
-  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
-                                                      'eval_batch_size': config.eval_batch_size})
-  dataset = data.load_dataset(config.dataset)
-  check_batches_fit(config, dataset)
-  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
-                                                      input_shape=dataset.input_shape, mesh=mesh)
+  mesh, dataset, (model, tx, schedule, state) = _build(config)
   train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
 
   os.makedirs(workdir, exist_ok=True)  # Only now: bad input fails the checks above and writes nothing.
@@ -310,12 +315,7 @@ def dry_run(config, *, timed_steps: int = 20) -> dict:
     {'params', 'flops', 'predicted_bytes', 'compile_s', 'step_s', 'estimate': {train_flops, seconds, joules, co2_g},
      'energy': {source, assumptions}}.
   """
-  mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
-                                                      'eval_batch_size': config.eval_batch_size})
-  dataset = data.load_dataset(config.dataset)
-  check_batches_fit(config, dataset)
-  model, tx, schedule, state = create_model_and_state(config, num_classes=dataset.num_classes,
-                                                      input_shape=dataset.input_shape, mesh=mesh)
+  mesh, dataset, (model, tx, schedule, state) = _build(config)
   params = cost.param_stats(state.params)
   t0 = time.time()
   train_step, _, figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
