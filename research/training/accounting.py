@@ -127,11 +127,12 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
       'time': totals['time'],
       'session_time': dataclasses.asdict(timers) | {'wall_s': time.time() - tracker.t_start},
       'throughput': {'examples_per_s': session_steps * step.examples_per_step / timers.train_s
-                     if timers.train_s > 0 else None},
-      'mfu': {'value': cost.mfu(train_flops_session / devices, timers.train_s, peak) if timers.train_s > 0 else None,
+                     if session_steps and timers.train_s > 0 else None},
+      'mfu': {'value': cost.mfu(train_flops_session / devices, timers.train_s, peak)
+                       if session_steps and timers.train_s > 0 else None,
               'peak_flops_per_s': peak, 'peak_source': peak_source,
-              'note': 'XLA train-step FLOPs per device over train_s (compile, eval, checkpoints and data wait '
-                      'excluded from the time) this session'},
+              'note': "this session's XLA train-step FLOPs per device over its train_s (which includes the data "
+                      'wait, not compile, eval or checkpoints)'},
       'memory': {'predicted_bytes': step.predicted_bytes, 'measured_peak_bytes': measured.bytes,
                  'measured_source': measured.source,
                  'measured_rise_bytes': (measured.bytes - tracker.rss_baseline

@@ -153,6 +153,7 @@ class _Outcome(NamedTuple):
   last_train: dict
   last_eval: dict
   message: str | None  # Why the run stopped early, for the user.
+  steps_run: int  # Train steps executed this session (before any rollback to an earlier checkpoint).
 
 
 def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outcome:
@@ -165,7 +166,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
                                            session.timers)
   stop = StopRequest()
   progress = metrics_lib.Progress(total=config.steps, initial=start_step, enabled=config.progress)
-  pending, last_train, last_eval, stop_reason, message = [], {}, {}, 'steps', None
+  pending, last_train, last_eval, stop_reason, message, steps_run = [], {}, {}, 'steps', None, None
   step, t_train = start_step, time.time()
   try:
     while step < config.steps:
@@ -187,6 +188,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         progress.report(step, {'loss': last_train['loss'], **{f'test_{k}': v for k, v in last_eval.items()}})
         streak = int(last_train['nonfinite_streak'])
         if streak >= config.max_consecutive_nonfinite:
+          steps_run = step - start_step
           state, restored_step = nonfinite.restore_last_good(ckpt, state, step, streak=streak)
           stop_reason, message = 'nonfinite', nonfinite.message(config, step, restored_step, streak)
           step, last_eval = restored_step or step, {}
@@ -218,7 +220,8 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
     progress.close()
     writer.close()
     stop.restore_handlers()
-  return _Outcome(state, step, stop_reason, last_train, last_eval, message)
+  steps_run = step - start_step if steps_run is None else steps_run
+  return _Outcome(state, step, stop_reason, last_train, last_eval, message, steps_run)
 
 
 def _build(config) -> tuple[Any, data.Dataset, ModelAndState]:
@@ -274,7 +277,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   last_eval = outcome.last_eval or run_eval(outcome.state.params)  # Resumed at the end, or rolled back.
   test_inputs = dataset.test[np.arange(min(100, dataset.num_test))]['inputs']
   costs = accounting.card_costs(
-      session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.step - start_step,
+      session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.steps_run,
       checkpoint_dir=ckpt.directory)
   # After the memory reading: compiling the batch-1 forward would add its own peak.
   costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
