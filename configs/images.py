@@ -4,14 +4,17 @@ import ml_collections
 
 from configs import base
 
-# Every model field is listed (so each can be overridden).
+# Every model field is listed (so each can be overridden). cnn2d and lenet5 follow PyTorch recipes (examples/mnist,
+# the CIFAR-10 tutorial), so they start from PyTorch's initialisation; the Keras-style MLP and the rest from flax's.
 MODELS = {
-    'logreg': {},
-    'mlp': dict(hidden_size=1024, dropout_rate=0.5, residual=False),
-    'cnn2d': dict(channels=(32, 64), hidden_size=128, dropout_rate=0.25),
-    'lenet5': dict(dropout_rate=0.0),
-    'gru': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1),
-    'lstm': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1),
+    'logreg': dict(weight_init='flax'),
+    'mlp': dict(hidden_size=1024, dropout_rate=0.5, residual=False, weight_init='flax'),
+    'cnn2d': dict(channels=(32, 64), hidden_size=128, dropout_rate=0.25, weight_init='pytorch'),
+    'lenet5': dict(dropout_rate=0.0, weight_init='pytorch'),
+    'gru': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1,
+                weight_init='flax'),
+    'lstm': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1,
+                 weight_init='flax'),
     'transformer': dict(d_model=64, num_heads=4, num_layers=4, mlp_ratio=4, dropout_rate=0.1, patch_size=1),
 }
 

@@ -11,13 +11,18 @@ import ml_collections
 
 from configs import base
 
-# Every model field is listed (so each can be overridden); values are the paper's where it has them.
+# Every model field is listed (so each can be overridden); values are the paper's where it has them. The paper's
+# models are PyTorch modules with PyTorch's default initialisation, hence weight_init='pytorch' (README, Results:
+# it lifts the GRU from 88.7% to 90.5% over 3 seeds).
 MODELS = {
-    'logreg': {},
-    'mlp': dict(hidden_size=100, dropout_rate=0.0, residual=True),
-    'cnn': dict(channels=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1, dropout_rate=0.0),
-    'gru': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
-    'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1),
+    'logreg': dict(weight_init='pytorch'),
+    'mlp': dict(hidden_size=100, dropout_rate=0.0, residual=True, weight_init='pytorch'),
+    'cnn': dict(channels=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1, dropout_rate=0.0,
+                weight_init='pytorch'),
+    'gru': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1,
+                weight_init='pytorch'),
+    'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1,
+                 weight_init='pytorch'),
     'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0, patch_size=4),
 }
 

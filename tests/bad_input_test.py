@@ -94,6 +94,7 @@ CASES = [
     ('warmup_longer_than_run', ['--config.optimizer.schedule=warmup_cosine', '--config.optimizer.warmup_steps=9000'],
      "'optimizer.warmup_steps' = 9000: expected fewer than steps"),
     ('model_cannot_build', ['PRESET:cnn', '--config.model.channels=(8,8)'], 'must have the same length'),
+    ('unknown_weight_init', ['--config.model.weight_init=he'], "model.weight_init ('he') must be one of"),
     ('heads_do_not_divide_width', ['PRESET:transformer', '--config.model.num_heads=5'],
      'must be divisible by model.num_heads'),
     ('mesh_larger_than_devices', ['--config.mesh.data=4'], "'mesh.data' = 4"),

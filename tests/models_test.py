@@ -284,9 +284,35 @@ def test_model_fields_are_typed_with_defaults_and_build_the_model(name):
 
 
 def test_model_fields_hold_the_paper_defaults():
-  assert models.model_fields('logreg') == {}
+  assert models.model_fields('logreg') == {'weight_init': (str, 'flax')}
   assert models.model_fields('mlp')['hidden_size'] == (int, 100)
   assert models.model_fields('cnn')['channels'] == (tuple[int, ...], (25, 25, 25))
   gru = models.model_fields('gru')
   assert (gru['hidden_size'], gru['bidirectional'], gru['head']) == ((int, 6), (bool, True), (str, 'flatten'))
   assert 'num_classes' not in gru and 'parent' not in gru and 'name' not in gru
+
+
+@pytest.mark.parametrize('name', ['logreg', 'mlp', 'cnn', 'gru', 'lstm', 'cnn2d', 'lenet5'])
+def test_pytorch_weight_init_draws_every_param_from_pytorchs_uniform(name):
+  # nn.Linear / nn.Conv*: weights and biases U(+-1/sqrt(fan_in)); nn.GRU / nn.LSTM: U(+-1/sqrt(hidden)).
+  shape = (1, 28, 28, 1) if name in ('cnn2d', 'lenet5') else (1, 40)
+  model = models.get_model({'name': name, 'weight_init': 'pytorch'}, num_classes=10)
+  params = model.init(jax.random.key(0), jnp.zeros(shape), train=False)['params']
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [k.key for k in path]
+    if 'cell' in names or 'input' in names:
+      bound = 6 ** -0.5  # hidden_size 6
+    else:
+      module = params
+      for key in names[:-1]:
+        module = module[key]
+      bound = np.prod(module['kernel'].shape[:-1]) ** -0.5
+    assert float(jnp.max(jnp.abs(leaf))) <= bound, names
+    if leaf.size >= 100:  # Uniform, not clustered near zero: std = bound / sqrt(3).
+      np.testing.assert_allclose(float(jnp.std(leaf)), bound / np.sqrt(3), rtol=0.2, err_msg=str(names))
+
+
+def test_unknown_weight_init_is_rejected():
+  with pytest.raises(ValueError, match=r"model.weight_init \('he'\) must be one of \('flax', 'pytorch'\)"):
+    models.get_model({'name': 'mlp', 'weight_init': 'he'}, num_classes=10).init(
+        jax.random.key(0), jnp.zeros((1, 40)), train=False)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import Im2colConv, max_pool
+from research.models.layers import dense, Im2colConv, max_pool
 
 
 def _require_images(model: str, x: jax.Array) -> None:
@@ -29,6 +29,7 @@ class CNN(nn.Module):
     strides: stride of each conv.
     padding: zeros added at both ends before every conv.
     dropout_rate: dropout on the flattened features (train only); the paper uses none.
+    weight_init: 'flax' (flax's default initialisers) or 'pytorch' (PyTorch's defaults; layers.dense).
   """
 
   num_classes: int
@@ -37,6 +38,7 @@ class CNN(nn.Module):
   strides: tuple[int, ...] = (2, 2, 2)
   padding: int = 1
   dropout_rate: float = 0.0
+  weight_init: str = 'flax'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -49,10 +51,11 @@ class CNN(nn.Module):
     if x.ndim != 3:
       raise ValueError(f'cnn takes [batch, length] or [batch, length, channels], got shape {x.shape}')
     for features, k, s in zip(self.channels, self.kernel_sizes, self.strides):
-      x = nn.relu(Im2colConv(features, (k,), (s,), self.padding)(x))  # [batch, (L + 2p - k) // s + 1, features]
+      conv = Im2colConv(features, (k,), (s,), self.padding, weight_init=self.weight_init)
+      x = nn.relu(conv(x))  # [batch, (L + 2p - k) // s + 1, features]
     x = x.reshape(x.shape[0], -1)  # [batch, length' * features]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1])(x)
 
 
 class CNN2D(nn.Module):
@@ -66,12 +69,14 @@ class CNN2D(nn.Module):
     channels: output channels of each 3x3 conv.
     hidden_size: width of the fully connected hidden layer.
     dropout_rate: dropout after the pool and after the hidden layer (train only).
+    weight_init: 'flax' (flax's default initialisers) or 'pytorch' (PyTorch's defaults; layers.dense).
   """
 
   num_classes: int
   channels: tuple[int, ...] = (32, 64)
   hidden_size: int = 128
   dropout_rate: float = 0.0
+  weight_init: str = 'flax'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -79,12 +84,13 @@ class CNN2D(nn.Module):
     _require_images('cnn2d', x)
     for features in self.channels:
       # im2col only when training: it makes the gradient 3x faster but the forward pass slower (see layers).
-      x = nn.relu(Im2colConv(features, (3, 3))(x, im2col=train))  # [batch, H - 2, W - 2, features]
+      conv = Im2colConv(features, (3, 3), weight_init=self.weight_init)
+      x = nn.relu(conv(x, im2col=train))  # [batch, H - 2, W - 2, features]
     x = max_pool(x, (2, 2))  # [batch, H / 2, W / 2, features]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x.reshape(x.shape[0], -1))  # [batch, H*W*C / 4]
-    x = nn.relu(nn.Dense(self.hidden_size)(x))
+    x = nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=x.shape[-1])(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size)(x)
 
 
 class LeNet5(nn.Module):
@@ -96,10 +102,12 @@ class LeNet5(nn.Module):
   Attributes:
     num_classes: number of output logits.
     dropout_rate: dropout before the last layer (train only); the original uses none.
+    weight_init: 'flax' (flax's default initialisers) or 'pytorch' (PyTorch's defaults; layers.dense).
   """
 
   num_classes: int
   dropout_rate: float = 0.0
+  weight_init: str = 'flax'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -107,10 +115,11 @@ class LeNet5(nn.Module):
     _require_images('lenet5', x)
     pad_h, pad_w = max(32 - x.shape[1], 0), max(32 - x.shape[2], 0)
     x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    x = max_pool(nn.relu(Im2colConv(6, (5, 5))(x)), (2, 2))  # [batch, 14, 14, 6] for 32x32
-    x = max_pool(nn.relu(Im2colConv(16, (5, 5))(x)), (2, 2))  # [batch, 5, 5, 16]
+    conv = lambda features: Im2colConv(features, (5, 5), weight_init=self.weight_init)
+    x = max_pool(nn.relu(conv(6)(x)), (2, 2))  # [batch, 14, 14, 6] for 32x32
+    x = max_pool(nn.relu(conv(16)(x)), (2, 2))  # [batch, 5, 5, 16]
     x = x.reshape(x.shape[0], -1)  # [batch, 400]
-    x = nn.relu(nn.Dense(120)(x))
-    x = nn.relu(nn.Dense(84)(x))
+    x = nn.relu(dense(120, init=self.weight_init, fan_in=x.shape[-1])(x))
+    x = nn.relu(dense(84, init=self.weight_init, fan_in=120)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=84)(x)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import as_sequence
+from research.models.layers import as_sequence, check_init, dense, uniform
 
 
 def _per_gate_orthogonal(key, shape, dtype=jnp.float32):
@@ -28,10 +28,14 @@ class _HoistedCell(nn.RNNCellBase):
   """A cell whose inputs are already x_t W_i + b_i, [batch, num_gates * features]."""
 
   features: int
+  weight_init: str = 'flax'  # 'flax': orthogonal recurrent kernels, zero biases; 'pytorch': everything U(+-1/sqrt(H)).
   num_gates: ClassVar[int]
 
   def hidden_gates(self, h: jax.Array) -> jax.Array:
     """h W_h + b_h: [batch, features] -> [batch, num_gates * features]."""
+    if self.weight_init == 'pytorch':
+      init = uniform(self.features ** -0.5)
+      return nn.Dense(self.num_gates * self.features, kernel_init=init, bias_init=init, name='hidden')(h)
     return nn.Dense(self.num_gates * self.features, kernel_init=_per_gate_orthogonal, name='hidden')(h)
 
   @property
@@ -85,12 +89,20 @@ class HoistedRNN(nn.Module):
   cell_type: type[_HoistedCell]
   features: int
   unroll: int = 1
+  weight_init: str = 'flax'
 
   @nn.compact
   def __call__(self, inputs: jax.Array, **rnn_kwargs):
     """Args: inputs [batch, time, in_features]. Returns: outputs [batch, time, features] (or (carry, outputs))."""
-    x_gates = nn.Dense(self.cell_type.num_gates * self.features, name='input')(inputs)  # [batch, time, G * H]
-    return nn.RNN(self.cell_type(self.features, name='cell'), unroll=self.unroll)(x_gates, **rnn_kwargs)
+    width = self.cell_type.num_gates * self.features
+    if self.weight_init == 'pytorch':  # torch.nn.GRU/LSTM: input weights too are U(+-1/sqrt(hidden)).
+      init = uniform(self.features ** -0.5)
+      project = nn.Dense(width, kernel_init=init, bias_init=init, name='input')
+    else:
+      project = nn.Dense(width, name='input')
+    x_gates = project(inputs)  # [batch, time, G * H]
+    cell = self.cell_type(self.features, self.weight_init, name='cell')
+    return nn.RNN(cell, unroll=self.unroll)(x_gates, **rnn_kwargs)
 
 
 class _RNNClassifier(nn.Module):
@@ -106,6 +118,7 @@ class _RNNClassifier(nn.Module):
     dropout_rate: dropout between layers and before the head (train only); the paper uses none.
     unroll: time steps per scan iteration (`nn.RNN` unroll); speed only. 1 trains fastest here (2 and 4 are
       no faster, full unrolling of 40 steps is ~3x slower).
+    weight_init: 'flax' (flax's stock-cell initialisers) or 'pytorch' (torch.nn.GRU/LSTM and nn.Linear defaults).
   """
 
   num_classes: int
@@ -115,6 +128,7 @@ class _RNNClassifier(nn.Module):
   head: str = 'flatten'
   dropout_rate: float = 0.0
   unroll: int = 1
+  weight_init: str = 'flax'
   cell_type: ClassVar[type[_HoistedCell]]
 
   @nn.compact
@@ -122,10 +136,12 @@ class _RNNClassifier(nn.Module):
     """Args: x: [batch, length], [batch, time, features] or images (rows as steps). Returns: [batch, num_classes]."""
     if self.head not in ('flatten', 'last'):
       raise ValueError(f"model.head ({self.head!r}) must be 'flatten' or 'last'")
+    check_init(self.weight_init)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     x = as_sequence(x)  # [batch, time, features]
     for layer in range(self.num_layers):
-      rnn = lambda direction: HoistedRNN(self.cell_type, self.hidden_size, self.unroll, name=f'{direction}_{layer}')
+      rnn = lambda direction: HoistedRNN(self.cell_type, self.hidden_size, self.unroll, self.weight_init,
+                                         name=f'{direction}_{layer}')
       x = drop(x) if layer else x
       if self.bidirectional:
         x = nn.Bidirectional(rnn('forward'), rnn('backward'))(x)  # [batch, time, 2 * H]
@@ -136,7 +152,7 @@ class _RNNClassifier(nn.Module):
     else:
       h = self.hidden_size  # Backward outputs are kept in input order: its final state is at step 0.
       x = jnp.concatenate([x[:, -1, :h], x[:, 0, h:]], axis=-1)  # [batch, H * directions]
-    return nn.Dense(self.num_classes, name='head')(drop(x))
+    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], name='head')(drop(x))
 
 
 class GRU(_RNNClassifier):
