@@ -62,7 +62,8 @@ def _dry_run_report(config, result: dict) -> str:
       f'dry run: {config.model.name} on {config.dataset.name}, {config.steps} steps of batch {config.batch_size} '
       '(nothing trained, nothing written)',
       f'  params      {params["count"]:,} ({format_si(params["bytes"], "B")}; {dtypes})',
-      f'  FLOPs/step  {format_si(flops["train_step_flops"])} (XLA), {format_si(flops["train_step_flops_analytic"])} (analytic); '
+      f'  FLOPs/step  {format_si(flops["train_step_flops"])} (XLA), '
+      f'{format_si(flops["train_step_flops_analytic"])} (analytic); '
       f'{format_si(estimate["train_flops"], "FLOP")} for {config.steps} steps',
       f'  memory      {format_si(result["predicted_bytes"], "B")} per device for a train step (XLA memory analysis)',
       f'  compile     {result["compile_s"]:.1f} s (train and eval steps)',

@@ -109,13 +109,18 @@ def summary_line(card: dict) -> str:
           f"sha256={card['final_state_sha256'][:12]}")
   if 'flops' not in card:  # A card from before cost accounting.
     return head
-  t, mfu, mem, energy = card['time'], card['mfu'], card['memory'], card['energy']
+  t, mfu, mem, energy, flops = card['time'], card['mfu'], card['memory'], card['energy'], card['flops']
   mfu_text = f"{100 * mfu['value']:.2g}%" if mfu['value'] is not None else '—'
-  cost = (f"cost: {format_si(card['flops']['total_train'], 'FLOP')} train ({format_si(card['flops']['train_step']['xla'])}"
-          f"/step) | {t['wall_s']:.1f} s total (train {t['train_s']:.1f}, compile {t['compile_s']:.1f}, "
-          f"eval {t['eval_s']:.1f}, ckpt {t['checkpoint_s']:.1f}, data {t['data_wait_s']:.1f}) | "
-          f"{format_si(card['throughput']['examples_per_s'])} ex/s | MFU {mfu_text} of {format_si(mfu['peak_flops_per_s'], 'FLOP/s')} | "
-          f"mem {format_si(mem['predicted_bytes'], 'B')} predicted, {format_si(mem['measured_peak_bytes'], 'B')} peak | "
-          f"{energy['joules']:.3g} J ({energy['source']}) {card['co2_g']:.2g} g CO2 | "
-          f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms | restarts {card['restarts']}")
+  parts = [
+      f"cost: {format_si(flops['total_train'], 'FLOP')} train ({format_si(flops['train_step']['xla'])}/step)",
+      f"{t['wall_s']:.1f} s total (train {t['train_s']:.1f}, compile {t['compile_s']:.1f}, eval {t['eval_s']:.1f}, "
+      f"ckpt {t['checkpoint_s']:.1f}, data {t['data_wait_s']:.1f})",
+      f"{format_si(card['throughput']['examples_per_s'])} ex/s",
+      f"MFU {mfu_text} of {format_si(mfu['peak_flops_per_s'], 'FLOP/s')}",
+      f"mem {format_si(mem['predicted_bytes'], 'B')} predicted, {format_si(mem['measured_peak_bytes'], 'B')} peak",
+      f"{energy['joules']:.3g} J ({energy['source']}) {card['co2_g']:.2g} g CO2",
+      f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms",
+      f"restarts {card['restarts']}",
+  ]
+  cost = ' | '.join(parts)
   return head + '\n' + cost
