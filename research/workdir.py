@@ -68,6 +68,11 @@ def config_changes(saved: dict, new: dict) -> list[Change]:
           if saved_flat.get(k) != new_flat.get(k)]
 
 
+def describe(changes: list[Change]) -> str:
+  """'key: old -> new, ...' for messages."""
+  return ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in changes)
+
+
 def _is_safe(change: Change, saved: dict) -> bool:
   if change.key == 'steps':
     # warmup_cosine decays over `steps`: a new length changes the learning rate of every step still to come.
@@ -100,7 +105,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
   changes = config_changes(saved, json.loads(config.to_json_best_effort()))
   unsafe = [c for c in changes if not _is_safe(c, saved)]
   if unsafe and not allow_change:
-    diff = ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in unsafe)
+    diff = describe(unsafe)
     raise WorkdirError(
         f'--workdir={workdir} holds a run with a different config ({diff}); resuming would mix two experiments.\n'
         'Use a new --workdir, restore the saved values, or pass --allow_config_change to continue with the new ones.')

@@ -25,6 +25,10 @@ class Timers:
   checkpoint_s: float = 0.0
   data_wait_s: float = 0.0  # Getting the next batch to the devices: the pipeline's share of train time.
 
+  def end_train_segment(self, *, since: float) -> None:
+    """Sets train_s to the time since `since` (when the step loop began) minus eval and checkpoint time."""
+    self.train_s = time.time() - since - self.eval_s - self.checkpoint_s
+
 
 class Ledger(NamedTuple):
   """Totals of the sessions before this one, restored from the newest checkpoint's `extra` JSON."""
@@ -62,6 +66,13 @@ def step_cost(config, costs: cost.StepCosts, *, input_shape: tuple[int, ...], nu
       predicted_bytes=costs.train_memory_bytes, examples_per_step=config.batch_size)
 
 
+def energy_meter(config) -> cost.EnergyMeter:
+  """A started EnergyMeter with the `accounting` group's source and assumed power."""
+  meter = cost.EnergyMeter(config.accounting.energy_source, watts_per_core=config.accounting.watts_per_busy_core)
+  meter.start()
+  return meter
+
+
 class Tracker:
   """Adds this session's time and energy to the ledger, and checks budgets.
 
@@ -72,9 +83,7 @@ class Tracker:
   def __init__(self, config, ledger: Ledger, step_figures: StepCost, *, t_start: float):
     self.config, self.ledger, self.step = config, ledger, step_figures
     self.t_start = t_start
-    self.meter = cost.EnergyMeter(config.accounting.energy_source,
-                                  watts_per_core=config.accounting.watts_per_busy_core)
-    self.meter.start()
+    self.meter = energy_meter(config)
     self.rss_baseline = cost.reset_peak_rss()  # After compiling: the peak then is the training's own.
     budget = config.budget
     self._max_seconds = budget.max_seconds or float('inf')
@@ -152,9 +161,9 @@ def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) ->
           'timed_examples': timing['timed_examples'], 'device': device.device_kind}
 
 
-def dry_run_estimate(tracker_step: StepCost, *, seconds_per_step: float, joules_per_step: float, steps: int,
+def dry_run_estimate(step_figures: StepCost, *, seconds_per_step: float, joules_per_step: float, steps: int,
                      grid_co2_g_per_kwh: float) -> dict[str, Any]:
   """Projected totals for `steps` steps from a few timed steps."""
   joules = joules_per_step * steps
-  return {'train_flops': steps * tracker_step.train_step_flops, 'seconds': seconds_per_step * steps,
+  return {'train_flops': steps * step_figures.train_step_flops, 'seconds': seconds_per_step * steps,
           'joules': joules, 'co2_g': cost.co2_grams(joules, grid_co2_g_per_kwh)}

@@ -200,7 +200,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
         writer.write(step, 'eval', last_eval)
       if (step % config.checkpoint_every == 0 or done) and nonfinite.finite_now(step_metrics, step):
         t0 = time.time()
-        timers.train_s = t0 - t_train - timers.eval_s - timers.checkpoint_s
+        timers.end_train_segment(since=t_train)
         ckpt.save(step, state, session.train_iter.get_state(), extra=tracker.extra(timers))
         timers.checkpoint_s += time.time() - t0
       if stopping:
@@ -215,7 +215,7 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
     t0 = time.time()
     ckpt.close()
     timers.checkpoint_s += time.time() - t0
-    timers.train_s = time.time() - t_train - timers.eval_s - timers.checkpoint_s
+    timers.end_train_segment(since=t_train)
   finally:
     progress.close()
     writer.close()
@@ -259,7 +259,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
 
   os.makedirs(workdir, exist_ok=True)  # Only now: bad input fails the checks above and writes nothing.
   if changes:
-    print('Config changes on resume: ' + ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in changes), flush=True)
+    print(f'Config changes on resume: {workdir_lib.describe(changes)}', flush=True)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   state, ledger = _resume(ckpt, state, train_iter, changes=changes)
   start_step = int(state.step)
@@ -324,8 +324,7 @@ def dry_run(config, *, timed_steps: int = 20) -> dict:
   train_step, _, figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
   compile_s = time.time() - t0
   train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
-  meter = cost.EnergyMeter(config.accounting.energy_source, watts_per_core=config.accounting.watts_per_busy_core)
-  meter.start()
+  meter = accounting.energy_meter(config)
   for i in range(2 + timed_steps):
     if i == 2:  # After the warm-up steps.
       jax.block_until_ready(state)
