@@ -32,7 +32,7 @@ FAMILIES = ('logreg', 'mlp', 'cnn', 'gru', 'lstm', 'transformer')
 
 def _setup(name: str, *, abstract: bool):
   config = mnist1d.get_config(name)
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1}), batch_sizes={})
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'num_devices': 1}), batch_sizes={})
   model, tx, schedule, state = loop.create_model_and_state(config, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
                                                            mesh=mesh, abstract=abstract)
   train_step = jax.jit(steps.make_train_step(model, tx, schedule), donate_argnums=0)
@@ -48,7 +48,7 @@ def _batch(size: int, *, mask: bool = False) -> dict:
 def flops_row(name: str) -> str:
   config, mesh, model, state, train_step = _setup(name, abstract=True)
   batch = _batch(config.batch_size)
-  costs = cost.step_costs(train_step, state, batch, eval_step=loop.make_jit_eval_step(model, mesh),
+  costs = cost.step_costs(train_step, state, batch, eval_step=loop.make_jit_eval_step(model, mesh, state.params),
                           params=state.params, eval_batch=_batch(config.eval_batch_size, mask=True))
   raw = costs.train_step.cost_analysis()['flops']
   fwd = cost.analytic_flops(config.model, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)

@@ -50,8 +50,29 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.l1 = 0.0  # L1 penalty coefficient added to the loss (sum |w| over kernels).
   c.optimizer.l2 = 0.0  # L2 penalty coefficient added to the loss (0.5 * sum w^2 over kernels).
 
+  c.accumulate_steps = 1  # Gradient accumulation: microbatches per step (batch_size / this each); 1 = none.
+  c.compute_dtype = 'float32'  # float32 | bfloat16: dtype of the forward/backward; params and optimizer stay f32.
+
+  # Device mesh (research/sharding.py): the product of the axes must be the device count (num_devices); one axis may be -1 (the
+  # devices left). Batches split over data x fsdp; parameters over the axes their logical names map to by `rules`.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # Devices on the data-parallel axis; -1 = all devices.
+  c.mesh.num_devices = -1  # Use the first N devices (e.g. scaling studies on one host); -1 = all.
+  c.mesh.data = -1  # Data parallel: parameters replicated along this axis.
+  c.mesh.fsdp = 1  # Fully sharded data parallel: the batch and parameters/optimizer state split along this axis.
+  c.mesh.tensor = 1  # Tensor parallel (Megatron): attention heads and MLP hidden units split along this axis.
+  # Logical axis name (models' flax partitioning) -> mesh axis, or None (replicated). A dimension that the mesh
+  # axis does not divide stays replicated (the run card lists such parameters).
+  c.mesh.rules = (('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'), ('kv', None), ('classes', None),
+                  ('vocab', 'tensor'), ('conv_window', None))
+
+  # Multi-process runs (one process per host): jax.distributed.initialize before anything touches the devices.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''  # host:port of process 0; '' = one process (unless auto_detect).
+  c.distributed.num_processes = 1  # With coordinator_address: the number of processes.
+  c.distributed.process_id = 0  # With coordinator_address: this process's index in [0, num_processes).
+  # jax.distributed.initialize() with no arguments: detects Cloud TPU pods, SLURM, Open MPI and GKE clusters
+  # (experiments.launch sets it on TPU VMs).
+  c.distributed.auto_detect = False
 
   # The run stops cleanly (checkpoint, card, exit 0) at the first budget reached, counting every session of the run;
   # stop_reason names it. 0 = no limit.

@@ -100,6 +100,31 @@ def _check_positive(config, keys, *, allow_zero: bool = False) -> None:
       raise ConfigError(key, value, 'a value >= 0' if allow_zero else 'a value > 0')
 
 
+def _check_scale_out(config: ml_collections.ConfigDict) -> None:
+  """Mesh, accumulation, precision and process keys; what needs the devices is checked by sharding.make_mesh."""
+  from research import sharding  # pylint: disable=g-import-not-at-top
+  from research.training import steps  # pylint: disable=g-import-not-at-top
+
+  for axis in ('num_devices', *sharding.AXES):
+    if config.mesh[axis] != -1 and config.mesh[axis] <= 0:
+      raise ConfigError(f'mesh.{axis}', config.mesh[axis], '-1 (the devices left) or a positive device count')
+  sharding.check_rules(config.mesh.rules)
+  _check_positive(config, ['accumulate_steps'])
+  if config.batch_size % config.accumulate_steps:
+    raise ConfigError('accumulate_steps', config.accumulate_steps, f'a divisor of batch_size ({config.batch_size})')
+  _check_choice('compute_dtype', config.compute_dtype, steps.COMPUTE_DTYPES)
+  dist = config.distributed
+  if dist.coordinator_address:
+    if ':' not in dist.coordinator_address:
+      raise ConfigError('distributed.coordinator_address', dist.coordinator_address, "'host:port'")
+    if dist.num_processes < 1:
+      raise ConfigError('distributed.num_processes', dist.num_processes, 'a positive number of processes')
+    if not 0 <= dist.process_id < dist.num_processes:
+      raise ConfigError('distributed.process_id', dist.process_id, f'an index in [0, {dist.num_processes})')
+    if dist.auto_detect:
+      raise ConfigError('distributed.auto_detect', True, 'False when distributed.coordinator_address is set')
+
+
 def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:
   """Checks a resolved config; raises ConfigError on the first problem.
 
@@ -136,7 +161,6 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
     raise ConfigError('optimizer.warmup_steps', config.optimizer.warmup_steps, f'fewer than steps ({config.steps})')
   if config.optimizer.decay_every <= 0:
     raise ConfigError('optimizer.decay_every', config.optimizer.decay_every, 'a value > 0')
-  if config.mesh.data != -1 and config.mesh.data <= 0:
-    raise ConfigError('mesh.data', config.mesh.data, '-1 (all devices) or a positive device count')
+  _check_scale_out(config)
   _check_model(config.model)
   _check_model_builds(config.model, config.dataset.name)

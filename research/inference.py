@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from research import checkpointing, cost, data, sharding
+from research import workdir as workdir_lib
 from research.config import ConfigError
 from research.training import loop
 
@@ -101,7 +102,7 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
                            '(train first: python -m experiments.train --config=... --workdir=...)')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return ml_collections.ConfigDict(workdir_lib.with_defaults(json.load(f)))
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); expected the config.json written by experiments.train') from e
 
@@ -120,7 +121,8 @@ def _make_mesh(config: ml_collections.ConfigDict) -> Mesh:
   except ConfigError as e:
     # Only the eval loss's last bits can differ (sums in another order); accuracy counts are exact.
     logging.info('The run\'s mesh does not fit this machine (%s); using one device.', e)
-    return sharding.make_mesh(ml_collections.ConfigDict({'data': 1}), batch_sizes={})
+    return sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 1, 'tensor': 1}), batch_sizes={},
+                              devices=jax.devices()[:1])
 
 
 def load_run(workdir: str, *, step: int | None = None) -> Run:
@@ -185,7 +187,7 @@ def evaluate(run: Run, split: str = 'test', *, data_dir: str | None = None) -> d
   if split not in SPLITS:
     raise ValueError(f'split {split!r} must be one of {list(SPLITS)}')
   dataset = data.load_dataset(run.config.dataset, data_dir=data_dir)
-  eval_step = loop.make_jit_eval_step(run.model, run.mesh)
+  eval_step = loop.make_jit_eval_step(run.model, run.mesh, run.params, compute_dtype=run.config.compute_dtype)
   metrics = loop.evaluate(eval_step, run.params, dataset, split, batch_size=run.config.eval_batch_size,
                           mesh=run.mesh)
   return {**metrics, 'num_examples': dataset.num_test if split == 'test' else dataset.num_train}

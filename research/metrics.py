@@ -47,6 +47,16 @@ class MetricWriter:
     self._tb.close()
 
 
+class NullWriter:
+  """MetricWriter's interface, writing nothing: processes other than 0 of a multi-process run."""
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    del step, split, metrics
+
+  def close(self) -> None:
+    pass
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """Reads metrics.jsonl back as a list of records."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

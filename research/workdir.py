@@ -14,8 +14,11 @@ import ml_collections
 # Keys that may differ between the saved config and a resuming one without changing the numbers of the steps
 # already taken or about to be taken (logging, evaluation, checkpoint cadence, length, where data is read from).
 SAFE_TO_CHANGE = ('steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'progress',
-                  'eval_batch_size', 'max_consecutive_nonfinite', 'dataset.data_dir')
-SAFE_GROUPS = ('budget.', 'accounting.')  # Budgets cap a run and accounting measures it: neither changes a step.
+                  'eval_batch_size', 'max_consecutive_nonfinite', 'dataset.data_dir', 'accumulate_steps')
+# Budgets cap a run and accounting measures it: neither changes a step. The mesh, the processes and gradient
+# accumulation change where and in how many pieces a step is computed, not what it computes: float sums in another
+# order (and, with dropout, other masks per microbatch). Checkpoints restore onto any mesh (resharded on load).
+SAFE_GROUPS = ('budget.', 'accounting.', 'mesh.', 'distributed.')
 
 
 class WorkdirError(RuntimeError):
@@ -68,12 +71,41 @@ def config_changes(saved: dict, new: dict) -> list[Change]:
           if saved_flat.get(k) != new_flat.get(k)]
 
 
+def _default(key: str, saved: dict) -> Any:
+  """The default of `key` in today's code: configs/base.py, or the saved model's dataclass for model.*."""
+  from configs import base  # pylint: disable=g-import-not-at-top  (configs imports nothing from research)
+  from research import models  # pylint: disable=g-import-not-at-top
+  if key.startswith('model.'):
+    fields = models.model_fields(saved.get('model', {}).get('name')) if saved.get('model', {}).get('name') in \
+        models.MODELS else {}
+    return fields.get(key[len('model.'):], (None, None))[1]
+  return flatten(json.loads(base.get_base_config().to_json_best_effort())).get(key)
+
+
+def with_defaults(saved: dict) -> dict:
+  """A saved config.json dict with the keys added to configs/base.py since it was written, at their defaults."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+
+  def fill(tree: dict, defaults: dict) -> dict:
+    out = dict(tree)
+    for key, value in defaults.items():
+      if key not in out:
+        out[key] = value
+      elif isinstance(value, dict) and isinstance(out[key], dict) and key != 'model':
+        out[key] = fill(out[key], value)
+    return out
+
+  return fill(saved, json.loads(base.get_base_config().to_json_best_effort()))
+
+
 def describe(changes: list[Change]) -> str:
   """'key: old -> new, ...' for messages."""
   return ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in changes)
 
 
 def _is_safe(change: Change, saved: dict) -> bool:
+  if change.saved is None and change.new == _default(change.key, saved):
+    return True  # A key added to the code since the run was saved, at its default: the run used that behaviour.
   if change.key == 'steps':
     # warmup_cosine decays over `steps`: a new length changes the learning rate of every step still to come.
     return saved.get('optimizer', {}).get('schedule') != 'warmup_cosine'

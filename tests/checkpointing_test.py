@@ -33,7 +33,7 @@ class _Dense(nn.Module):
 
 @functools.lru_cache(maxsize=None)  # Each call compiles the init; the arrays are immutable, so sharing is safe.
 def _state(seed, n_devices=8, size=3):
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': n_devices}), batch_sizes={})
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': n_devices, 'num_devices': n_devices}), batch_sizes={})
   return create_train_state(_Dense(features=size), optax.adam(1e-3), input_shape=(size,), seed=seed, mesh=mesh)
 
 

@@ -71,13 +71,13 @@ def test_analytic_flops_against_hand_counts():
 @pytest.mark.parametrize('name', ['mlp', 'cnn', 'gru', 'lstm', 'transformer'])
 def test_analytic_flops_within_10_percent_of_xla(name):
   config = mnist1d.get_config(name)
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1}), batch_sizes={})
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'num_devices': 1}), batch_sizes={})
   model, tx, schedule, state = loop.create_model_and_state(config, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
                                                            mesh=mesh, abstract=True)
   batch = lambda n, **extra: {'inputs': jax.ShapeDtypeStruct((n, *INPUT_SHAPE), jnp.float32),
                               'labels': jax.ShapeDtypeStruct((n,), jnp.int32), **extra}
   costs = cost.step_costs(jax.jit(steps.make_train_step(model, tx, schedule), donate_argnums=0), state, batch(100),
-                          eval_step=loop.make_jit_eval_step(model, mesh), params=state.params,
+                          eval_step=loop.make_jit_eval_step(model, mesh, state.params), params=state.params,
                           eval_batch=batch(50, mask=jax.ShapeDtypeStruct((50,), jnp.float32)))
   forward = cost.analytic_flops(config.model, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
   train = cost.analytic_train_step_flops(config.model, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
@@ -89,7 +89,7 @@ def test_analytic_flops_within_10_percent_of_xla(name):
 
 def test_compiled_step_replaces_the_jitted_one_with_shardings_and_donation():
   config = mnist1d.get_config('logreg')
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 2}), batch_sizes={'batch_size': 100})
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 2, 'num_devices': 2}), batch_sizes={'batch_size': 100})
   model, tx, schedule, state = loop.create_model_and_state(config, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
                                                            mesh=mesh)
   replicated = sharding.replicated(mesh)

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
   config.steps, config.checkpoint_every, config.eval_every, config.log_every = 30, 15, 30, 10
   config.progress = False
   config.dataset.data_dir = str(data_dir)
-  config.mesh.data = 4  # batch_size 100 does not split over conftest's 8 devices.
+  config.mesh.data = config.mesh.num_devices = 4  # batch_size 100 does not split over conftest's 8 devices.
   card = loop.train_and_evaluate(config, str(workdir))
   run = inference.load_run(str(workdir))
   dataset = data.load_dataset(run.config.dataset)

@@ -21,7 +21,7 @@ def test_image_recipes_train_end_to_end_on_mock_data(tmp_path, file, preset, bat
     config.steps, config.batch_size, config.eval_batch_size = 4, batch_size, 64
     config.eval_every = config.checkpoint_every = config.log_every = 2
     config.progress = False
-    config.mesh.data = 1
+    config.mesh.data = config.mesh.num_devices = 1
   validate(config, base.get_base_config())
   with tfds.testing.mock_data(num_examples=96, policy=tfds.testing.MockPolicy.USE_CODE):
     card = loop.train_and_evaluate(config, str(tmp_path))

@@ -55,7 +55,7 @@ class CNN(nn.Module):
       x = nn.relu(conv(x))  # [batch, (L + 2p - k) // s + 1, features]
     x = x.reshape(x.shape[0], -1)  # [batch, length' * features]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1])(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], axes=('embed', 'classes'))(x)
 
 
 class CNN2D(nn.Module):
@@ -90,7 +90,7 @@ class CNN2D(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x.reshape(x.shape[0], -1))  # [batch, H*W*C / 4]
     x = nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=x.shape[-1])(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size)(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size, axes=('mlp', 'classes'))(x)
 
 
 class LeNet5(nn.Module):
@@ -122,4 +122,4 @@ class LeNet5(nn.Module):
     x = nn.relu(dense(120, init=self.weight_init, fan_in=x.shape[-1])(x))
     x = nn.relu(dense(84, init=self.weight_init, fan_in=120)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return dense(self.num_classes, init=self.weight_init, fan_in=84)(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=84, axes=('mlp', 'classes'))(x)

@@ -1,5 +1,12 @@
-"""Layers shared by several model families: fast convolution and pooling for XLA:CPU, sequence views of inputs, and
-the choice of initialisation (flax's defaults or PyTorch's).
+"""Layers shared by several model families: fast convolution and pooling for XLA:CPU, sequence views of inputs, the
+choice of initialisation (flax's defaults or PyTorch's), and the logical axis names of parameters.
+
+Logical axis names (flax partitioning; research/sharding.py maps them to mesh axes by `config.mesh.rules`):
+  embed        a layer's input features / the model width (FSDP splits it)
+  mlp          a hidden layer's units (tensor parallel splits them)
+  heads, kv    attention heads (tensor parallel) and the features of one head
+  classes      logits
+  conv_window  a convolution's kernel taps
 
 Each fast layer computes exactly the same function, with the same parameters, as its flax counterpart
 (`nn.Conv`, `nn.max_pool`); tests/models_test.py checks forward values and gradients against them.
@@ -31,17 +38,32 @@ def uniform(bound: float) -> nn.initializers.Initializer:
   return init
 
 
-def dense(features: int, *, init: str, fan_in: int, name: str | None = None) -> nn.Dense:
+def logical(init: nn.initializers.Initializer, *names: str | None) -> nn.initializers.Initializer:
+  """`init`, its result boxed with the logical axis names of its dimensions (values and rng use are unchanged)."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def dense(features: int, *, init: str, fan_in: int, name: str | None = None,
+          axes: tuple[str, str] = ('embed', 'mlp')) -> nn.Dense:
   """nn.Dense initialised as flax does (lecun_normal weights, zero biases) or as PyTorch's nn.Linear does.
 
   Why both: the same architecture trains to different accuracies from the two inits; the MNIST-1D paper's numbers
   come from PyTorch's (README, Results).
+
+  Args:
+    features: output features.
+    init: 'flax' or 'pytorch'.
+    fan_in: input features (PyTorch's bound is 1/sqrt(fan_in)).
+    name: the module name.
+    axes: logical names of the kernel's (input, output) dimensions; the bias takes the output's.
   """
   check_init(init)
   if init == 'flax':
-    return nn.Dense(features, name=name)
-  bound = fan_in ** -0.5
-  return nn.Dense(features, kernel_init=uniform(bound), bias_init=uniform(bound), name=name)
+    kernel_init, bias_init = nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+  else:
+    kernel_init = bias_init = uniform(fan_in ** -0.5)
+  return nn.Dense(features, kernel_init=logical(kernel_init, *axes), bias_init=logical(bias_init, axes[1]),
+                  name=name)
 
 
 class Im2colConv(nn.Module):
@@ -78,8 +100,8 @@ class Im2colConv(nn.Module):
       kernel_init, bias_init = nn.initializers.lecun_normal(), nn.initializers.zeros_init()
     else:
       kernel_init = bias_init = uniform((kernel_shape[-2] * math.prod(self.kernel_size)) ** -0.5)
-    kernel = self.param('kernel', kernel_init, kernel_shape)
-    bias = self.param('bias', bias_init, (self.features,))
+    kernel = self.param('kernel', logical(kernel_init, *['conv_window'] * ndim, 'embed', 'mlp'), kernel_shape)
+    bias = self.param('bias', logical(bias_init, 'mlp'), (self.features,))
     if not im2col:
       spatial = 'HWD'[:ndim]
       return jax.lax.conv_general_dilated(x, kernel, strides, [(self.padding,) * 2] * ndim,

@@ -22,4 +22,4 @@ class LogReg(nn.Module):
     """Args: x: [batch, ...] (flattened); train: unused. Returns: logits [batch, num_classes]."""
     del train  # No dropout or batch statistics.
     x = x.reshape(x.shape[0], -1)  # [batch, features]
-    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1])(x)
+    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], axes=('embed', 'classes'))(x)

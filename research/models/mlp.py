@@ -31,6 +31,7 @@ class MLP(nn.Module):
     x = x.reshape(x.shape[0], -1)  # [batch, features]
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     h = drop(nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=x.shape[-1])(x)))
+    # Hidden-to-hidden: the input side takes 'embed' (FSDP) so that a tensor axis splits one side only.
     second = nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=self.hidden_size)(h))
     h = drop(h + second if self.residual else second)  # The paper's second layer is residual.
-    return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size)(h)
+    return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size, axes=('mlp', 'classes'))(h)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import as_sequence, check_init, dense, uniform
+from research.models.layers import as_sequence, check_init, dense, logical, uniform
 
 
 def _per_gate_orthogonal(key, shape, dtype=jnp.float32):
@@ -34,9 +34,11 @@ class _HoistedCell(nn.RNNCellBase):
   def hidden_gates(self, h: jax.Array) -> jax.Array:
     """h W_h + b_h: [batch, features] -> [batch, num_gates * features]."""
     if self.weight_init == 'pytorch':
-      init = uniform(self.features ** -0.5)
-      return nn.Dense(self.num_gates * self.features, kernel_init=init, bias_init=init, name='hidden')(h)
-    return nn.Dense(self.num_gates * self.features, kernel_init=_per_gate_orthogonal, name='hidden')(h)
+      kernel_init = bias_init = uniform(self.features ** -0.5)
+    else:
+      kernel_init, bias_init = _per_gate_orthogonal, nn.initializers.zeros_init()
+    return nn.Dense(self.num_gates * self.features, kernel_init=logical(kernel_init, 'embed', 'mlp'),
+                    bias_init=logical(bias_init, 'mlp'), name='hidden')(h)
 
   @property
   def num_feature_axes(self) -> int:
@@ -96,10 +98,11 @@ class HoistedRNN(nn.Module):
     """Args: inputs [batch, time, in_features]. Returns: outputs [batch, time, features] (or (carry, outputs))."""
     width = self.cell_type.num_gates * self.features
     if self.weight_init == 'pytorch':  # torch.nn.GRU/LSTM: input weights too are U(+-1/sqrt(hidden)).
-      init = uniform(self.features ** -0.5)
-      project = nn.Dense(width, kernel_init=init, bias_init=init, name='input')
+      kernel_init = bias_init = uniform(self.features ** -0.5)
     else:
-      project = nn.Dense(width, name='input')
+      kernel_init, bias_init = nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+    project = nn.Dense(width, kernel_init=logical(kernel_init, 'embed', 'mlp'), bias_init=logical(bias_init, 'mlp'),
+                       name='input')
     x_gates = project(inputs)  # [batch, time, G * H]
     cell = self.cell_type(self.features, self.weight_init, name='cell')
     return nn.RNN(cell, unroll=self.unroll)(x_gates, **rnn_kwargs)
@@ -152,7 +155,8 @@ class _RNNClassifier(nn.Module):
     else:
       h = self.hidden_size  # Backward outputs are kept in input order: its final state is at step 0.
       x = jnp.concatenate([x[:, -1, :h], x[:, 0, h:]], axis=-1)  # [batch, H * directions]
-    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], name='head')(drop(x))
+    return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], name='head',
+                 axes=('embed', 'classes'))(drop(x))
 
 
 class GRU(_RNNClassifier):

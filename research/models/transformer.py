@@ -4,7 +4,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import as_sequence
+from research.models.layers import as_sequence, logical
+
+_KERNEL, _ZEROS = nn.initializers.lecun_normal(), nn.initializers.zeros_init()  # flax's Dense defaults.
+
+
+def _layer_norm() -> nn.LayerNorm:
+  return nn.LayerNorm(scale_init=logical(nn.initializers.ones_init(), 'embed'), bias_init=logical(_ZEROS, 'embed'))
 
 
 class SelfAttention(nn.Module):
@@ -26,12 +32,16 @@ class SelfAttention(nn.Module):
     """Args: x: [batch, time, D]. Returns: [batch, time, D]."""
     d_model = x.shape[-1]
     head_dim = d_model // self.num_heads
-    project = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)(x)  # [batch, time, heads, hd]
+    # Tensor parallel (Megatron): q/k/v split by heads (columns), the output projection by heads (rows).
+    project = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), kernel_init=logical(_KERNEL, 'embed', 'heads', 'kv'),
+        bias_init=logical(_ZEROS, 'heads', 'kv'), name=name)(x)  # [batch, time, heads, head_dim]
     q, k, v = project('query'), project('key'), project('value')
     q = q / jnp.sqrt(head_dim).astype(x.dtype)  # Scaled dot-product attention (Vaswani et al. 2017).
     weights = jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', q, k), axis=-1)  # [batch, heads, time_q, time_k]
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)  # [batch, time, heads, head_dim]
-    return nn.DenseGeneral(d_model, axis=(-2, -1), name='out')(out)  # [batch, time, D]
+    return nn.DenseGeneral(d_model, axis=(-2, -1), kernel_init=logical(_KERNEL, 'heads', 'kv', 'embed'),
+                           bias_init=logical(_ZEROS, 'embed'), name='out')(out)  # [batch, time, D]
 
 
 class Block(nn.Module):
@@ -48,12 +58,19 @@ class Block(nn.Module):
   dropout_rate: float
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Args: x: [batch, time, D]. Returns: [batch, time, D]."""
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """Args: x: [batch, time, D]; train: enables dropout (positional, so nn.remat can mark it static).
+
+    Returns: [batch, time, D].
+    """
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    x = x + drop(SelfAttention(self.num_heads)(nn.LayerNorm()(x)))
-    h = nn.gelu(nn.Dense(self.mlp_ratio * x.shape[-1])(nn.LayerNorm()(x)))  # [batch, time, mlp_ratio * D]
-    return x + drop(nn.Dense(x.shape[-1])(h))
+    x = x + drop(SelfAttention(self.num_heads)(_layer_norm()(x)))
+    # Tensor parallel (Megatron): the first MLP matmul split by columns ('mlp'), the second by rows.
+    h = nn.Dense(self.mlp_ratio * x.shape[-1], kernel_init=logical(_KERNEL, 'embed', 'mlp'),
+                 bias_init=logical(_ZEROS, 'mlp'))(_layer_norm()(x))
+    h = nn.gelu(h)  # [batch, time, mlp_ratio * D]
+    return x + drop(nn.Dense(x.shape[-1], kernel_init=logical(_KERNEL, 'mlp', 'embed'),
+                             bias_init=logical(_ZEROS, 'embed'))(h))
 
 
 class Transformer(nn.Module):
@@ -73,6 +90,8 @@ class Transformer(nn.Module):
     mlp_ratio: MLP hidden width as a multiple of D.
     dropout_rate: dropout on the embeddings and each residual branch (train only).
     patch_size: consecutive steps per token; the sequence length must be divisible by it.
+    remat: recompute each block's activations in the backward pass instead of storing them (`nn.remat`): less
+      memory for one more forward pass of the blocks.
   """
 
   num_classes: int
@@ -82,6 +101,7 @@ class Transformer(nn.Module):
   mlp_ratio: int = 4
   dropout_rate: float = 0.0
   patch_size: int = 4
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -93,10 +113,14 @@ class Transformer(nn.Module):
     if t % self.patch_size:
       raise ValueError(f'model.patch_size ({self.patch_size}) must divide the sequence length ({t})')
     x = x.reshape(b, t // self.patch_size, self.patch_size * f)  # [batch, tokens, patch * features]
-    x = nn.Dense(self.d_model, name='embed')(x)  # [batch, tokens, D]
-    positions = self.param('pos_embed', nn.initializers.normal(0.02), x.shape[1:])  # [tokens, D]
+    x = nn.Dense(self.d_model, kernel_init=logical(_KERNEL, None, 'embed'), bias_init=logical(_ZEROS, 'embed'),
+                 name='embed')(x)  # [batch, tokens, D]
+    positions = self.param('pos_embed', logical(nn.initializers.normal(0.02), None, 'embed'),
+                           x.shape[1:])  # [tokens, D]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + positions)
-    for _ in range(self.num_layers):
-      x = Block(self.num_heads, self.mlp_ratio, self.dropout_rate)(x, train=train)
-    x = nn.LayerNorm()(x).mean(axis=1)  # [batch, D]
-    return nn.Dense(self.num_classes, name='head')(x)
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # Argument 2: `train` (0 is self).
+    for i in range(self.num_layers):
+      x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, name=f'Block_{i}')(x, train)
+    x = _layer_norm()(x).mean(axis=1)  # [batch, D]
+    return nn.Dense(self.num_classes, kernel_init=logical(_KERNEL, 'embed', 'classes'),
+                    bias_init=logical(_ZEROS, 'classes'), name='head')(x)

@@ -1,6 +1,7 @@
 """train_and_evaluate: data -> model -> state on a mesh -> jit steps -> metrics, checkpoints, run card."""
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -16,7 +17,7 @@ from research import workdir as workdir_lib
 from research.config import ConfigError
 from research.training import accounting, nonfinite, optim, steps as steps_lib
 from research.training.preemption import StopRequest
-from research.training.train_state import TrainState, create_train_state
+from research.training.train_state import TrainState, abstract_train_state, create_train_state, shardings_of
 
 
 class ModelAndState(NamedTuple):
@@ -37,7 +38,7 @@ def create_model_and_state(config, *, num_classes: int, input_shape: tuple[int, 
     config: a validated config (model, optimizer, steps and seed are read).
     num_classes: number of output logits.
     input_shape: one example's shape, e.g. (40,).
-    mesh: the device mesh; the state is replicated over it.
+    mesh: the device mesh; each leaf of the state is sharded by its logical axis names and `config.mesh.rules`.
     abstract: return the state's jax.ShapeDtypeStructs (with shardings) instead of arrays: a restore template
       that skips compiling and running the initialisation (seconds on CPU).
 
@@ -46,28 +47,24 @@ def create_model_and_state(config, *, num_classes: int, input_shape: tuple[int, 
   """
   model = models.get_model(config.model, num_classes=num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.steps)
-  init = lambda: create_train_state(model, tx, input_shape=input_shape, seed=config.seed, mesh=mesh)
-  if abstract:
-    # eval_shape drops the shardings; create_train_state replicates every leaf.
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-                         jax.eval_shape(init))
-  else:
-    state = init()
+  make = abstract_train_state if abstract else functools.partial(create_train_state, seed=config.seed)
+  state = make(model, tx, input_shape=input_shape, mesh=mesh, rules=config.mesh.rules)
   return ModelAndState(model, tx, schedule, state)
 
 
-def make_jit_eval_step(model: nn.Module, mesh):
-  """The eval step jit-compiled with replicated params and the batch split over the mesh's data axis."""
-  replicated = sharding.replicated(mesh)
-  return jax.jit(steps_lib.make_eval_step(model), in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                 out_shardings=replicated)
+def make_jit_eval_step(model: nn.Module, mesh, params, *, compute_dtype: str = 'float32'):
+  """The eval step jit-compiled with the params' shardings (of `params`: arrays or ShapeDtypeStructs) and the
+  batch split over data x fsdp."""
+  return jax.jit(steps_lib.make_eval_step(model, compute_dtype=compute_dtype),
+                 in_shardings=(shardings_of(params), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def evaluate(eval_step, params, dataset: data.Dataset, split: str, *, batch_size: int, mesh) -> dict:
   """Mean loss and accuracy over one full pass of `split` (padded rows masked out)."""
   totals = None
   for batch in data.eval_batches(dataset, split, batch_size=batch_size):
-    sums = eval_step(params, sharding.put_batch(batch, mesh))
+    sums = eval_step(params, sharding.put_global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   return {'loss': float(totals['loss_sum'] / totals['count']),
@@ -86,13 +83,15 @@ def _reduce_metrics(pending: list[dict]) -> dict:
   return {k: float(reduce(k, v)) for k, v in stacked.items()}
 
 
-def make_jit_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh, *,
-                        l1: float, l2: float):
-  """The train step jit-compiled with a replicated, donated state and the batch split over the data axis."""
-  replicated = sharding.replicated(mesh)
-  return jax.jit(steps_lib.make_train_step(model, tx, schedule, l1=l1, l2=l2),
-                 in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+def make_jit_train_step(config, model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh,
+                        state: TrainState):
+  """The train step of `config` jit-compiled with explicit shardings: the state's own (`state`: arrays or
+  ShapeDtypeStructs) in and out, donated; the batch split over data x fsdp; metrics replicated."""
+  state_shardings = shardings_of(state)
+  step = steps_lib.make_train_step(model, tx, schedule, l1=config.optimizer.l1, l2=config.optimizer.l2,
+                                   compute_dtype=config.compute_dtype, accumulate_steps=config.accumulate_steps)
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def check_batches_fit(config, dataset: data.Dataset) -> None:
@@ -125,6 +124,12 @@ def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter, *,
   train_iter.set_state(restored.data_state)
   print(f'Resuming from the checkpoint at step {restored.step} in {ckpt.directory}', flush=True)
   return restored.state, accounting.Ledger.from_extra(restored.extra)
+
+
+def _train_iterator(config, dataset: data.Dataset):
+  """This process's training stream: shard `process_index` of the train split, batch_size / processes rows."""
+  return data.make_train_iterator(dataset, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                                  shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
 def _write_config(workdir: str, config) -> None:
@@ -165,7 +170,8 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
   config, ckpt, writer, tracker, timers = (session.config, session.ckpt, session.writer, session.tracker,
                                            session.timers)
   stop = StopRequest()
-  progress = metrics_lib.Progress(total=config.steps, initial=start_step, enabled=config.progress)
+  progress = metrics_lib.Progress(total=config.steps, initial=start_step,
+                                  enabled=config.progress and jax.process_index() == 0)
   pending, last_train, last_eval, stop_reason, message, steps_run = [], {}, {}, 'steps', None, None
   step, t_train = start_step, time.time()
   try:
@@ -228,6 +234,14 @@ def _build(config) -> tuple[Any, data.Dataset, ModelAndState]:
   """The mesh, the loaded dataset (checked against the batch sizes) and the model with its initial state."""
   mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
                                                       'eval_batch_size': config.eval_batch_size})
+  microbatch = config.batch_size // config.accumulate_steps
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  if microbatch % shards:
+    raise ConfigError('accumulate_steps', config.accumulate_steps,
+                      f'a divisor of batch_size ({config.batch_size}) that leaves microbatches divisible by the '
+                      f'{shards} batch shards (data x fsdp)')
+  if config.batch_size % jax.process_count():
+    raise ConfigError('batch_size', config.batch_size, f'a multiple of the {jax.process_count()} processes')
   dataset = data.load_dataset(config.dataset)
   check_batches_fit(config, dataset)
   return mesh, dataset, create_model_and_state(config, num_classes=dataset.num_classes,
@@ -255,7 +269,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   workdir_lib.check_writable(workdir)
   changes = workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
   mesh, dataset, (model, tx, schedule, state) = _build(config)
-  train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
+  train_iter = _train_iterator(config, dataset)
 
   os.makedirs(workdir, exist_ok=True)  # Only now: bad input fails the checks above and writes nothing.
   if changes:
@@ -263,14 +277,17 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   state, ledger = _resume(ckpt, state, train_iter, changes=changes)
   start_step = int(state.step)
-  _write_config(workdir, config)
+  lead = jax.process_index() == 0  # Only process 0 writes the config, logs and card; every process checkpoints.
+  if lead:
+    _write_config(workdir, config)
   t0 = time.time()
   train_step, eval_step, step_figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
   timers = accounting.Timers(compile_s=time.time() - t0)
   run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size, mesh=mesh)
   session = _Session(
       config=config, mesh=mesh, train_iter=train_iter, ckpt=ckpt, train_step=train_step, run_eval=run_eval,
-      writer=metrics_lib.MetricWriter(workdir, resume_step=start_step), timers=timers,
+      writer=metrics_lib.MetricWriter(workdir, resume_step=start_step) if lead else metrics_lib.NullWriter(),
+      timers=timers,
       tracker=accounting.Tracker(config, ledger, step_figures, t_start=t_start))
   outcome = _train_steps(session, state, start_step)
 
@@ -286,7 +303,8 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
       wall_time_s=time.time() - t_start, costs=costs, checkpoints_skipped=ckpt.skipped, message=outcome.message,
       final_metrics={'train_loss': outcome.last_train.get('loss'), 'test_loss': last_eval['loss'],
                      'test_accuracy': last_eval['accuracy']})
-  run_card.write(workdir, card)
+  if lead:
+    run_card.write(workdir, card)
   return card
 
 
@@ -296,13 +314,13 @@ def _compile_steps(config, model, tx, schedule, state: TrainState, dataset: data
   Returns:
     (train_step, eval_step, accounting.StepCost): the compiled executables, called like the jitted functions.
   """
-  train_step = make_jit_train_step(model, tx, schedule, mesh, l1=config.optimizer.l1, l2=config.optimizer.l2)
+  train_step = make_jit_train_step(config, model, tx, schedule, mesh, state)
   example = dataset.train[np.arange(config.batch_size)]
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
                   for k, v in example.items()}
   eval_batch = next(iter(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)))
-  costs = cost.step_costs(train_step, state, batch_shapes, eval_step=make_jit_eval_step(model, mesh),
-                          params=state.params, eval_batch=sharding.put_batch(eval_batch, mesh))
+  costs = cost.step_costs(train_step, state, batch_shapes, eval_step=make_jit_eval_step(model, mesh, state.params, compute_dtype=config.compute_dtype),
+                          params=state.params, eval_batch=sharding.put_global_batch(eval_batch, mesh))
   figures = accounting.step_cost(config, costs, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
   return costs.train_step, costs.eval_step, figures
 
@@ -323,7 +341,7 @@ def dry_run(config, *, timed_steps: int = 20) -> dict:
   t0 = time.time()
   train_step, _, figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
   compile_s = time.time() - t0
-  train_iter = data.make_train_iterator(dataset, batch_size=config.batch_size, seed=config.seed)
+  train_iter = _train_iterator(config, dataset)
   meter = accounting.energy_meter(config)
   for i in range(2 + timed_steps):
     if i == 2:  # After the warm-up steps.

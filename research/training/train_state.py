@@ -1,4 +1,4 @@
-"""The training state pytree (step, params, opt_state, rng), its creation on a mesh, and its fingerprint."""
+"""The training state pytree (step, params, opt_state, rng), its creation and shardings on a mesh, its fingerprint."""
 
 import hashlib
 
@@ -29,20 +29,9 @@ class TrainState:
   rng: jax.Array
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *, input_shape: tuple[int, ...],
-                       seed: int, mesh: Mesh) -> TrainState:
-  """Initialises parameters and optimizer state directly on the mesh (replicated).
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...]):
+  """seed -> TrainState whose params (and the optimizer moments built on them) are flax `Partitioned` boxes."""
 
-  Args:
-    model: the flax module; called as model.apply({'params': p}, x, train=False).
-    tx: the optimizer.
-    input_shape: one example's shape, e.g. (40,) or (28, 28, 1).
-    seed: the run's seed.
-    mesh: the device mesh.
-
-  Returns:
-    A TrainState whose arrays live on the mesh.
-  """
   def init(seed):
     key = jax.random.key_data(jax.random.key(seed))
     params_rng, train_rng = jax.random.split(key)
@@ -50,8 +39,52 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *, in
     params = model.init({'params': params_rng}, dummy, train=False)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
-  # jit with an output sharding builds the state in place on the devices (no host copy; scales to big models).
-  return jax.jit(init, static_argnums=0, out_shardings=sharding.replicated(mesh))(seed)
+  return init
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, *, input_shape: tuple[int, ...],
+                         mesh: Mesh, rules=()) -> TrainState:
+  """The state's shapes and dtypes as jax.ShapeDtypeStructs carrying their shardings on `mesh`; computes nothing.
+
+  A restore template (Orbax reshards a checkpoint saved under any mesh into these shardings) and the source of the
+  train step's in/out shardings.
+
+  Args:
+    model: the flax module; its parameters carry logical axis names (research/models/layers.py).
+    tx: the optimizer.
+    input_shape: one example's shape, e.g. (40,) or (28, 28, 1).
+    mesh: the device mesh.
+    rules: `config.mesh.rules` (logical name -> mesh axis); () replicates every leaf.
+  """
+  boxed = jax.eval_shape(_init_fn(model, tx, input_shape), 0)
+  shardings = sharding.state_shardings(boxed, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *, input_shape: tuple[int, ...],
+                       seed: int, mesh: Mesh, rules=()) -> TrainState:
+  """Initialises parameters and optimizer state directly on the mesh, each leaf with its sharding.
+
+  Args:
+    model: the flax module; called as model.apply({'params': p}, x, train=False).
+    tx: the optimizer.
+    input_shape: one example's shape, e.g. (40,) or (28, 28, 1).
+    seed: the run's seed.
+    mesh: the device mesh.
+    rules: `config.mesh.rules`; () replicates every leaf.
+
+  Returns:
+    A TrainState of plain arrays (no boxes) whose leaves live on the mesh as `abstract_train_state` says.
+  """
+  abstract = abstract_train_state(model, tx, input_shape=input_shape, mesh=mesh, rules=rules)
+  init = _init_fn(model, tx, input_shape)
+  # jit with output shardings builds each shard in place on its device (no host copy; scales to big models).
+  return jax.jit(lambda s: nn.unbox(init(s)), out_shardings=shardings_of(abstract))(seed)
+
+
+def shardings_of(tree):
+  """The `.sharding` of every leaf (arrays or ShapeDtypeStructs)."""
+  return jax.tree.map(lambda x: x.sharding, tree)
 
 
 def state_sha256(state: TrainState) -> str:
