@@ -15,7 +15,8 @@ MODELS = {
                 weight_init='flax'),
     'lstm': dict(hidden_size=128, num_layers=1, bidirectional=False, head='last', dropout_rate=0.0, unroll=1,
                  weight_init='flax'),
-    'transformer': dict(d_model=64, num_heads=4, num_layers=4, mlp_ratio=4, dropout_rate=0.1, patch_size=1),
+    'transformer': dict(d_model=64, num_heads=4, num_layers=4, mlp_ratio=4, dropout_rate=0.1, patch_size=1,
+                        remat=False),
 }
 
 

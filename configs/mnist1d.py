@@ -23,7 +23,8 @@ MODELS = {
                 weight_init='pytorch'),
     'lstm': dict(hidden_size=6, num_layers=1, bidirectional=True, head='flatten', dropout_rate=0.0, unroll=1,
                  weight_init='pytorch'),
-    'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0, patch_size=4),
+    'transformer': dict(d_model=32, num_heads=4, num_layers=2, mlp_ratio=4, dropout_rate=0.0, patch_size=4,
+                        remat=False),
 }
 
 

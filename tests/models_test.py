@@ -58,9 +58,10 @@ def _max_diff(a, b) -> float:
 
 
 def _perturbed(params, scale: float):
-  """params + scale * N(0, 1) (host-side), so zero-initialised biases take part in equality checks."""
+  """params + scale * N(0, 1) (host-side), so zero-initialised biases take part in equality checks; unboxed (the
+  logical axis names our layers attach are dropped, as the training state drops them)."""
   rng = np.random.default_rng(2)
-  return jax.tree.map(lambda p: p + scale * rng.standard_normal(p.shape, dtype=np.float32), params)
+  return jax.tree.map(lambda p: p + scale * rng.standard_normal(p.shape, dtype=np.float32), nn.unbox(params))
 
 
 def _assert_same_outputs_and_grads(reference, candidates, params, x, *, atol: float = 1e-5):
@@ -297,7 +298,7 @@ def test_pytorch_weight_init_draws_every_param_from_pytorchs_uniform(name):
   # nn.Linear / nn.Conv*: weights and biases U(+-1/sqrt(fan_in)); nn.GRU / nn.LSTM: U(+-1/sqrt(hidden)).
   shape = (1, 28, 28, 1) if name in ('cnn2d', 'lenet5') else (1, 40)
   model = models.get_model({'name': name, 'weight_init': 'pytorch'}, num_classes=10)
-  params = model.init(jax.random.key(0), jnp.zeros(shape), train=False)['params']
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros(shape), train=False)['params'])
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     names = [k.key for k in path]
     if 'cell' in names or 'input' in names:

@@ -94,7 +94,10 @@ def shape_bytes(shape: str) -> int:
   for dtype, dims in _ARRAY.findall(shape):
     if dtype == 'token':
       continue
-    bits = 8 if dtype == 'pred' else int(_BITS.match(dtype).group(1))
+    width = _BITS.match(dtype)
+    if dtype != 'pred' and not width:
+      raise ValueError(f'Unknown element type {dtype!r} in the shape {shape}')
+    bits = int(width.group(1)) if width else 8  # pred: one byte.
     elements = math.prod(int(d.replace('<=', '')) for d in dims.split(',') if d.strip())  # '<=N': bounded.
     total += math.ceil(elements * bits / 8)
   return total
