@@ -82,8 +82,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
-def resolved_config(config_flag: flags.FlagHolder) -> ml_collections.ConfigDict:
-  """Returns the --config value validated against configs/base.py; usage error on any problem."""
+def resolved_config(config_flag: flags.FlagHolder, *, distributed: bool = False) -> ml_collections.ConfigDict:
+  """Returns the --config value validated against configs/base.py; usage error on any problem.
+
+  Args:
+    config_flag: the --config flag.
+    distributed: first initialize JAX's multi-process runtime from the config's `distributed` group
+      (research.distributed): it must precede validation, which builds the model abstractly on JAX's backend.
+  """
   from configs import base  # pylint: disable=g-import-not-at-top
 
   try:
@@ -96,6 +102,10 @@ def resolved_config(config_flag: flags.FlagHolder) -> ml_collections.ConfigDict:
   if config_flag_value is None:
     usage_error('--config is required, e.g. --config=configs/mnist1d.py:cnn')
   try:
+    if distributed:
+      from research import distributed as distributed_lib  # pylint: disable=g-import-not-at-top
+      if 'distributed' in config_flag_value:
+        distributed_lib.initialize(config_flag_value.distributed)
     validate(config_flag_value, base.get_base_config())
   except ConfigError as e:
     usage_error(str(e))

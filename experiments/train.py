@@ -8,6 +8,8 @@ Usage:
 Writes to --workdir: config.json, metrics.jsonl, TensorBoard events, checkpoints/, run_card.json.
 An existing --workdir is resumed if its saved config matches (or differs only in keys safe to change, such as
 steps and logging intervals); --allow_config_change resumes it anyway. --debug shows tracebacks of input errors.
+Scaling out changes flags only (docs/scaling.md): --config.mesh.data/fsdp/tensor shard the same run over devices,
+--config.distributed.* run it as one of several processes, and experiments.launch runs it on Cloud TPU.
 Exit codes: 0 success (also a clean stop on SIGTERM/SIGINT), 2 bad config, usage, workdir or data files,
 1 anything else (including a run stopped by non-finite losses: the message says at which step).
 """
@@ -15,6 +17,7 @@ Exit codes: 0 success (also a clean stop on SIGTERM/SIGINT), 2 bad config, usage
 import sys
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from experiments import cli
@@ -33,7 +36,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.usage_error(f'unexpected arguments: {argv[1:]}')
-  config = cli.resolved_config(_CONFIG)
+  config = cli.resolved_config(_CONFIG, distributed=True)
   if not _WORKDIR.value:
     cli.usage_error('--workdir is required')
   from research.training import loop  # pylint: disable=g-import-not-at-top  (heavy; after validation)
@@ -47,7 +50,8 @@ def main(argv: list[str]) -> None:
     card = loop.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except cli.input_errors() as e:  # Raised before the workdir is created or changed: nothing half-written.
     cli.usage_error(str(e))
-  print(run_card.summary_line(card), flush=True)
+  if jax.process_index() == 0:  # One summary for a multi-process run.
+    print(run_card.summary_line(card), flush=True)
   if card['stop_reason'] == 'nonfinite':
     print(f"error: {card['message']}", file=sys.stderr)
     sys.exit(1)

@@ -100,6 +100,20 @@ def _check_positive(config, keys, *, allow_zero: bool = False) -> None:
       raise ConfigError(key, value, 'a value >= 0' if allow_zero else 'a value > 0')
 
 
+def check_distributed(dist) -> None:
+  """The `distributed` group's keys agree with each other (research.distributed.initialize reads them)."""
+  if not dist.coordinator_address:
+    return
+  if ':' not in dist.coordinator_address:
+    raise ConfigError('distributed.coordinator_address', dist.coordinator_address, "'host:port'")
+  if dist.num_processes < 1:
+    raise ConfigError('distributed.num_processes', dist.num_processes, 'a positive number of processes')
+  if not 0 <= dist.process_id < dist.num_processes:
+    raise ConfigError('distributed.process_id', dist.process_id, f'an index in [0, {dist.num_processes})')
+  if dist.auto_detect:
+    raise ConfigError('distributed.auto_detect', True, 'False when distributed.coordinator_address is set')
+
+
 def _check_scale_out(config: ml_collections.ConfigDict) -> None:
   """Mesh, accumulation, precision and process keys; what needs the devices is checked by sharding.make_mesh."""
   from research import sharding  # pylint: disable=g-import-not-at-top
@@ -113,16 +127,7 @@ def _check_scale_out(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % config.accumulate_steps:
     raise ConfigError('accumulate_steps', config.accumulate_steps, f'a divisor of batch_size ({config.batch_size})')
   _check_choice('compute_dtype', config.compute_dtype, steps.COMPUTE_DTYPES)
-  dist = config.distributed
-  if dist.coordinator_address:
-    if ':' not in dist.coordinator_address:
-      raise ConfigError('distributed.coordinator_address', dist.coordinator_address, "'host:port'")
-    if dist.num_processes < 1:
-      raise ConfigError('distributed.num_processes', dist.num_processes, 'a positive number of processes')
-    if not 0 <= dist.process_id < dist.num_processes:
-      raise ConfigError('distributed.process_id', dist.process_id, f'an index in [0, {dist.num_processes})')
-    if dist.auto_detect:
-      raise ConfigError('distributed.auto_detect', True, 'False when distributed.coordinator_address is set')
+  check_distributed(config.distributed)
 
 
 def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:

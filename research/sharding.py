@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research.config import ConfigError
@@ -53,8 +53,10 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
                         f'({_describe(sizes)}) multiply to {fixed}, which does not divide {num_devices}')
     sizes[fill[0]] = num_devices // fixed
   elif fixed != num_devices:
-    raise ConfigError('mesh', _describe(sizes), f'axes whose product is the number of devices ({num_devices}; '
-                      f'mesh.num_devices uses fewer), not {fixed}; or set one axis to -1 to fill the devices')
+    axis = max(AXES, key=lambda a: sizes[a])  # Name the largest axis: the likeliest to be the one meant.
+    raise ConfigError(f'mesh.{axis}', sizes[axis], f'mesh axes whose product is the number of devices '
+                      f'({num_devices}; mesh.num_devices uses fewer), not {_describe(sizes)} = {fixed}; or set one '
+                      'axis to -1 to fill the devices')
   return sizes
 
 
@@ -183,6 +185,17 @@ def put_global_batch(batch: dict, mesh: Mesh) -> dict:
     return batch
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), batch)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of every leaf, whole. A leaf split across processes is gathered from all of them
+  (`process_allgather`, a collective: every process must call this at the same point)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  split = [isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated) for x in leaves]
+  if any(split):
+    gathered = iter(multihost_utils.process_allgather([x for x, s in zip(leaves, split) if s], tiled=True))
+    leaves = [next(gathered) if s else x for x, s in zip(leaves, split)]
+  return jax.tree.unflatten(treedef, [np.asarray(x) for x in jax.device_get(leaves)])
 
 
 def describe_shardings(shardings: Any, shapes: Any) -> dict:

@@ -97,7 +97,16 @@ CASES = [
     ('unknown_weight_init', ['--config.model.weight_init=he'], "model.weight_init ('he') must be one of"),
     ('heads_do_not_divide_width', ['PRESET:transformer', '--config.model.num_heads=5'],
      'must be divisible by model.num_heads'),
-    ('mesh_larger_than_devices', ['--config.mesh.data=4'], "'mesh.data' = 4"),
+    ('mesh_larger_than_devices', ['--config.mesh.data=4'], "'mesh.data' = 4: expected mesh axes whose product"),
+    ('mesh_two_fill_axes', ['--config.mesh.fsdp=-1'], "'mesh.fsdp' = -1: expected a device count: only one axis"),
+    ('mesh_axis_zero', ['--config.mesh.tensor=0'], "'mesh.tensor' = 0: expected -1 (the devices left)"),
+    ('mesh_more_devices_than_here', ['--config.mesh.num_devices=2'], "'mesh.num_devices' = 2: expected -1 (all)"),
+    ('mesh_rule_unknown_axis', ["--config.mesh.rules=(('embed','model'),)"], "'mesh.rules' = ('embed', 'model')"),
+    ('accumulate_not_a_divisor', ['--config.accumulate_steps=3'], "'accumulate_steps' = 3: expected a divisor"),
+    ('unknown_compute_dtype', ['--config.compute_dtype=float16'], "'compute_dtype' = 'float16': expected one of"),
+    ('process_id_out_of_range', ['--config.distributed.coordinator_address=localhost:1234',
+                                 '--config.distributed.num_processes=2', '--config.distributed.process_id=2'],
+     "'distributed.process_id' = 2: expected an index in [0, 2)"),
     ('batch_larger_than_split', ['--config.batch_size=5000'], "'batch_size' = 5000: expected at most the 4000"),
     ('eval_batch_larger_than_split', ['--config.eval_batch_size=1001'], "'eval_batch_size' = 1001: expected at most"),
     ('unknown_flag', ['--wrokdir=x'], 'wrokdir'),
@@ -150,7 +159,7 @@ def test_batch_not_divisible_by_devices_exits_2(tmp_path, env):
   two_devices = dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   proc = subprocess.run(_train(str(tmp_path / 'run'), '--config.batch_size=7', '--config.mesh.data=2'), cwd=ROOT,
                         env=two_devices, capture_output=True, text=True, timeout=300)
-  _assert_clean_failure(proc, "'batch_size' = 7: expected a multiple of the data axis size (2)")
+  _assert_clean_failure(proc, "'batch_size' = 7: expected a multiple of the batch shards data x fsdp = 2 x 1 = 2")
   assert not (tmp_path / 'run').exists()
 
 

@@ -91,6 +91,15 @@ def _status_bytes(key: str) -> int | None:
   return None
 
 
+def device_peak_bytes() -> list[int] | None:
+  """Each local device's allocator peak (`peak_bytes_in_use`; GPU/TPU), in device order; None where a device keeps
+  no statistics (CPU)."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if all(s and 'peak_bytes_in_use' in s for s in stats):
+    return [int(s['peak_bytes_in_use']) for s in stats]
+  return None
+
+
 def measured_peak_bytes() -> MemoryReading:
   """Peak memory so far: the device allocator's where it keeps statistics, else the process's resident set.
 

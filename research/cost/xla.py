@@ -153,6 +153,8 @@ class StepCosts:
     train_memory_bytes: predicted memory of the train step per device (see `predicted_memory_bytes`).
     eval_memory_bytes: idem for the eval step, or None.
     devices: number of devices the train step runs on.
+    train_comm: communication of one train step per device, read from its partitioned HLO
+      (comm.collective_bytes: {'total', 'estimated_wire_bytes', 'by_op', 'count', 'wire_by_op'}).
   """
   train_step: jax.stages.Compiled
   eval_step: jax.stages.Compiled | None
@@ -161,6 +163,7 @@ class StepCosts:
   train_memory_bytes: int
   eval_memory_bytes: int | None
   devices: int
+  train_comm: dict
 
 
 def _num_devices(compiled: jax.stages.Compiled) -> int:
@@ -183,6 +186,8 @@ def step_costs(train_step: Callable, state, batch: dict, *, eval_step: Callable 
   Returns:
     StepCosts; its compiled steps can replace the jitted ones, so the loop compiles once.
   """
+  from research.cost import comm  # pylint: disable=g-import-not-at-top  (comm imports this module's parser)
+
   jit = lambda f: f if hasattr(f, 'lower') else jax.jit(f)
   train = jit(train_step).lower(state, batch).compile()
   devices = _num_devices(train)
@@ -194,4 +199,4 @@ def step_costs(train_step: Callable, state, batch: dict, *, eval_step: Callable 
     eval_memory = predicted_memory_bytes(evaluate)
   return StepCosts(train_step=train, eval_step=evaluate, train_step_flops=compiled_flops(train) * devices,
                    eval_example_flops=eval_flops, train_memory_bytes=predicted_memory_bytes(train),
-                   eval_memory_bytes=eval_memory, devices=devices)
+                   eval_memory_bytes=eval_memory, devices=devices, train_comm=comm.collective_bytes(train))

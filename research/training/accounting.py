@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from research import cost
+from research import cost, sharding
 
 BUDGETS = ('max_seconds', 'max_flops', 'max_joules')
 
@@ -52,6 +52,7 @@ class StepCost(NamedTuple):
   eval_example_flops_analytic: float
   predicted_bytes: int  # XLA's memory plan of the train step, per device.
   examples_per_step: int
+  comm: dict  # Collectives of one train step per device (cost.collective_bytes).
 
 
 def step_cost(config, costs: cost.StepCosts, *, input_shape: tuple[int, ...], num_classes: int) -> StepCost:
@@ -63,7 +64,7 @@ def step_cost(config, costs: cost.StepCosts, *, input_shape: tuple[int, ...], nu
                                                                **analytic),
       eval_example_flops=costs.eval_example_flops,
       eval_example_flops_analytic=cost.analytic_flops(config.model, **analytic),
-      predicted_bytes=costs.train_memory_bytes, examples_per_step=config.batch_size)
+      predicted_bytes=costs.train_memory_bytes, examples_per_step=config.batch_size, comm=costs.train_comm)
 
 
 def energy_meter(config) -> cost.EnergyMeter:
@@ -113,6 +114,28 @@ class Tracker:
     return {'restarts': self.ledger.restarts, 'time': totals, 'joules': self.joules()}
 
 
+def scale_out(config, mesh, state, step_figures: StepCost) -> dict:
+  """The card's `scale_out` entry: where the run ran and what its sharding costs in communication."""
+  params = cost.param_stats(state.params)
+  layout = sharding.describe_shardings(jax.tree.map(lambda x: x.sharding, state.params), state.params)
+  comm = step_figures.comm
+  return {
+      'mesh': {axis: int(size) for axis, size in mesh.shape.items()},
+      'processes': jax.process_count(),
+      'accumulate_steps': config.accumulate_steps,
+      'compute_dtype': config.compute_dtype,
+      'sharded_params': layout['sharded_params'],
+      'replicated_param_leaves': len(layout['replicated_leaves']),
+      'comm_bytes_per_step': {
+          'hlo': {'result_bytes': comm['total'], 'estimated_wire_bytes': comm['estimated_wire_bytes'],
+                  'by_op': comm['by_op'], 'count': comm['count']},
+          'analytic': cost.analytic_comm_bytes(param_bytes=params['bytes'], mesh_shape=dict(mesh.shape)),
+          'note': 'per device per train step; hlo: collectives of the compiled step (loop iterations counted), '
+                  'wire bytes by ring-algorithm formulas; analytic: textbook data-parallel/FSDP volumes',
+      },
+  }
+
+
 def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_steps: int,
                checkpoint_dir: str) -> dict:
   """The run card's cost section (keys documented in README, "What a run writes"); the caller adds `inference`
@@ -142,8 +165,9 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
               'peak_flops_per_s': peak, 'peak_source': peak_source,
               'note': "this session's XLA train-step FLOPs per device over its train_s (which includes the data "
                       'wait, not compile, eval or checkpoints)'},
-      'memory': {'predicted_bytes': step.predicted_bytes, 'measured_peak_bytes': measured.bytes,
-                 'measured_source': measured.source,
+      'memory': {'predicted_bytes': step.predicted_bytes, 'predicted_per': 'device',
+                 'measured_peak_bytes': measured.bytes, 'measured_source': measured.source,
+                 'device_peak_bytes': cost.device_peak_bytes(),
                  'measured_rise_bytes': (measured.bytes - tracker.rss_baseline
                                          if tracker.rss_baseline is not None and measured.source.startswith('process')
                                          else None)},
@@ -154,9 +178,10 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
 
 def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) -> dict:
   """The card's `inference` entry: batch-1 forward latency p50/p99 on one device, over preprocessed `inputs`."""
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-  timing = cost.batch1_latency_ms(forward, jax.device_put(params, device), inputs, examples=examples)
+  timing = cost.batch1_latency_ms(forward, jax.device_put(sharding.to_host(params), device), inputs,
+                                  examples=examples)
   return {'batch1_p50_ms': timing['p50_ms'], 'batch1_p99_ms': timing['p99_ms'],
           'timed_examples': timing['timed_examples'], 'device': device.device_kind}
 

@@ -296,6 +296,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   costs = accounting.card_costs(
       session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.steps_run,
       checkpoint_dir=ckpt.directory)
+  costs['scale_out'] = accounting.scale_out(config, mesh, outcome.state, session.tracker.step)
   # After the memory reading: compiling the batch-1 forward would add its own peak.
   costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
   card = run_card.build(
