@@ -70,6 +70,8 @@ def _dry_run_report(config, result: dict) -> str:
       f'{format_si(flops["train_step_flops_analytic"])} (analytic); '
       f'{format_si(estimate["train_flops"], "FLOP")} for {config.steps} steps',
       f'  memory      {format_si(result["predicted_bytes"], "B")} per device for a train step (XLA memory analysis)',
+      f'  mesh        {" x ".join(f"{a}={n}" for a, n in result["mesh"].items())}; collectives '
+      f'{format_si(flops["comm"]["estimated_wire_bytes"], "B")} per device per step (ring-algorithm wire bytes)',
       f'  compile     {result["compile_s"]:.1f} s (train and eval steps)',
       f'  step time   {1e3 * result["step_s"]:.3g} ms (mean of {result["timed_steps"]} steps after 2 warm-up)',
       f'  estimate    {estimate["seconds"]:.3g} s of train steps (eval, checkpoints and startup not included), '

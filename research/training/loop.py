@@ -335,7 +335,7 @@ def dry_run(config, *, timed_steps: int = 20) -> dict:
 
   Returns:
     {'params', 'flops', 'predicted_bytes', 'compile_s', 'step_s', 'estimate': {train_flops, seconds, joules, co2_g},
-     'energy': {source, assumptions}}.
+     'energy': {source, assumptions}, 'mesh': {axis: size}}.
   """
   mesh, dataset, (model, tx, schedule, state) = _build(config)
   params = cost.param_stats(state.params)
@@ -357,4 +357,5 @@ def dry_run(config, *, timed_steps: int = 20) -> dict:
       grid_co2_g_per_kwh=config.accounting.grid_co2_g_per_kwh)
   return {'params': params, 'flops': figures._asdict(), 'predicted_bytes': figures.predicted_bytes,
           'compile_s': compile_s, 'step_s': step_s, 'timed_steps': timed_steps, 'estimate': estimate,
+          'mesh': {axis: int(size) for axis, size in mesh.shape.items()},
           'energy': {'source': energy['source'], 'assumptions': energy['assumptions']}}
