@@ -53,8 +53,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.accumulate_steps = 1  # Gradient accumulation: microbatches per step (batch_size / this each); 1 = none.
   c.compute_dtype = 'float32'  # float32 | bfloat16: dtype of the forward/backward; params and optimizer stay f32.
 
-  # Device mesh (research/sharding.py): the product of the axes must be the device count (num_devices); one axis may be -1 (the
-  # devices left). Batches split over data x fsdp; parameters over the axes their logical names map to by `rules`.
+  # Device mesh (research/sharding.py, docs/scaling.md): the product of the axes must be the number of devices
+  # used (num_devices); one axis may be -1 (the devices left). Batches split over data x fsdp; parameters over the
+  # axes their logical names map to by `rules`.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # Use the first N devices (e.g. scaling studies on one host); -1 = all.
   c.mesh.data = -1  # Data parallel: parameters replicated along this axis.

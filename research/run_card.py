@@ -118,7 +118,8 @@ def summary_line(card: dict) -> str:
       f"ckpt {t['checkpoint_s']:.1f}, data {t['data_wait_s']:.1f})",
       f"{format_si(card['throughput']['examples_per_s'])} ex/s",
       f"MFU {mfu_text} of {format_si(mfu['peak_flops_per_s'], 'FLOP/s')}",
-      f"mem {format_si(mem['predicted_bytes'], 'B')} predicted/device, {format_si(mem['measured_peak_bytes'], 'B')} peak",
+      f"mem {format_si(mem['predicted_bytes'], 'B')} predicted/device, "
+      f"{format_si(mem['measured_peak_bytes'], 'B')} peak",
       f"{energy['joules']:.3g} J ({energy['source']}) {card['co2_g']:.2g} g CO2",
       f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms",
       f"restarts {card['restarts']}",

@@ -152,7 +152,7 @@ def test_two_processes_train_checkpoint_are_killed_and_resume(tmp_path, env):
   assert set(os.listdir(workdir)) - set(events) == {'checkpoints', 'config.json', 'metrics.jsonl', 'run_card.json'}
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path, env):
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint_also_during_startup(tmp_path, env):
   workdir = tmp_path / 'run'
   run = _Run(workdir, tmp_path / 'logs', env, '--config.steps=3000', '--config.checkpoint_every=100')
   try:
@@ -176,3 +176,21 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
   lead, other = _summary_lines(run)
   assert len(lead) == 1 and other == [] and f'steps={stop_step} stop=preempted ' in lead[0]
   assert _metric_records(workdir)[-2:] == [(stop_step, 'train'), (stop_step, 'eval')]
+
+  # A notice during the next session's startup (restore, compile): JAX's sync point is then step 1, which a resumed
+  # run never reaches; StopRequest's first check catches it, so both stop after their first step.
+  resumed = _Run(workdir, tmp_path / 'resumed', env, '--config.steps=3000', '--config.checkpoint_every=100')
+  try:
+    deadline = time.time() + 180
+    while f'Resuming from the checkpoint at step {stop_step} ' not in resumed.stdout(0):
+      resumed.assert_running()
+      assert time.time() < deadline, resumed.stderr_tails()
+      time.sleep(0.02)
+    resumed.procs[1].send_signal(signal.SIGTERM)
+    assert resumed.wait(timeout=90) == [0, 0], resumed.stderr_tails()
+  finally:
+    resumed.kill()
+  card = _card(workdir)
+  assert card['stop_reason'] == 'preempted' and card['resumed_from_step'] == stop_step, card
+  assert stop_step < card['steps'] < stop_step + 100, card['steps']  # Not trained on to the next checkpoint.
+  assert card['steps'] in _checkpoint_steps(workdir)

@@ -28,7 +28,8 @@ class _Tiny(nn.Module):
 def _setup(n_devices=1, lr=1e-2):
   config = base.get_base_config()
   config.optimizer.learning_rate = lr
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': n_devices, 'num_devices': n_devices}), batch_sizes={'batch_size': 8})
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': n_devices, 'num_devices': n_devices}),
+                            batch_sizes={'batch_size': 8})
   model = _Tiny()
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=100)
   state = create_train_state(model, tx, input_shape=(5,), seed=0, mesh=mesh)

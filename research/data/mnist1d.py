@@ -13,7 +13,6 @@ example serializer. (Image features are different: they PNG-encode with `tf.imag
 
 import random
 
-import mnist1d.data
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -93,6 +92,10 @@ def generate(*, shuffle_seq: bool) -> dict[str, np.ndarray]:
     make_dataset's dict: 'x' [4000, 40] and 'x_test' [1000, 40] float64, 'y' [4000] and
     'y_test' [1000] int, plus 't' and 'templates'.
   """
+  # Imported here: the mnist1d package imports matplotlib.pyplot and scipy.interpolate (1.4 s), and generating
+  # happens once per data dir, while every run imports this module.
+  import mnist1d.data  # pylint: disable=g-import-not-at-top
+
   args = mnist1d.data.get_dataset_args()
   args.shuffle_seq = shuffle_seq
   # make_dataset reseeds the global `random` and `np.random` generators (its way of being

@@ -320,8 +320,9 @@ def _compile_steps(config, model, tx, schedule, state: TrainState, dataset: data
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
                   for k, v in example.items()}
   eval_batch = next(iter(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)))
-  costs = cost.step_costs(train_step, state, batch_shapes, eval_step=make_jit_eval_step(model, mesh, state.params, compute_dtype=config.compute_dtype),
-                          params=state.params, eval_batch=sharding.put_global_batch(eval_batch, mesh))
+  eval_step = make_jit_eval_step(model, mesh, state.params, compute_dtype=config.compute_dtype)
+  costs = cost.step_costs(train_step, state, batch_shapes, eval_step=eval_step, params=state.params,
+                          eval_batch=sharding.put_global_batch(eval_batch, mesh))
   figures = accounting.step_cost(config, costs, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
   return costs.train_step, costs.eval_step, figures
 
