@@ -44,6 +44,14 @@ def test_unknown_preset_names_the_choices():
     ('model.dropout_rate', 1.0, r'\[0, 1\)'),
     ('model.channels', ('a', 'b', 'c'), r'type tuple\[int, ...\]'),
     ('optimizer.momentum', 1.5, 'optimizer.momentum'),
+    # Scale-out keys (tests/bad_input_test.py has the ones that need the devices, through the command line).
+    ('mesh.tensor', 0, r"'mesh.tensor' = 0: expected -1 \(the devices left\)"),
+    ('mesh.rules', (('embed', 'model'),), r"'mesh.rules' = \('embed', 'model'\): expected mesh axes"),
+    ('mesh.rules', (('embed',),), r"'mesh.rules' = \('embed',\): expected pairs"),
+    ('accumulate_steps', 3, "'accumulate_steps' = 3: expected a divisor of batch_size"),
+    ('accumulate_steps', 0, "'accumulate_steps' = 0: expected a value > 0"),
+    ('compute_dtype', 'float16', "'compute_dtype' = 'float16': expected one of"),
+    ('distributed.coordinator_address', 'localhost', "'distributed.coordinator_address' = 'localhost'"),
 ])
 def test_bad_values_raise_with_key(key, value, match):
   config = _get('mnist1d', 'cnn')
