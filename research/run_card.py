@@ -121,7 +121,9 @@ def summary_line(card: dict) -> str:
       f"mem {format_si(mem['predicted_bytes'], 'B')} predicted/device, "
       f"{format_si(mem['measured_peak_bytes'], 'B')} peak",
       f"{energy['joules']:.3g} J ({energy['source']}) {card['co2_g']:.2g} g CO2",
-      f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms",
+      f"batch-1 p50 {card['inference'].get('batch1_p50_ms', float('nan')):.3g} ms" + (
+          f", batch-{card['inference']['eval_batch_size']} {card['inference']['eval_batch_p50_ms']:.3g} ms"
+          if 'eval_batch_size' in card['inference'] else ''),
       f"restarts {card['restarts']}",
   ]
   scale = card.get('scale_out')

@@ -76,6 +76,10 @@ def test_train_writes_every_output(tmp_path, env):
     assert 'not a measurement' in card['energy']['assumptions']
   assert card['co2_g'] > 0 and card['restarts'] == 0
   assert 0 < card['inference']['batch1_p50_ms'] <= card['inference']['batch1_p99_ms']
+  assert 0 < card['inference']['eval_batch_p50_ms'] <= card['inference']['eval_batch_p99_ms']
+  with open(workdir / 'config.json') as f:
+    assert card['inference']['eval_batch_size'] == json.load(f)['eval_batch_size']
+  assert card['inference']['eval_examples_per_s'] > 0
 
 
 def _checkpoint_steps(workdir):

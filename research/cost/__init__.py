@@ -11,7 +11,8 @@ The numbers behind each entry of the run card's cost section:
   checkpoint    dir_bytes(path)
   comm          collective_bytes(compiled) (from the partitioned HLO); analytic_comm_bytes(param_bytes, mesh_shape)
 
-  inference     batch1_latency_ms(forward, params, inputs) -> {p50_ms, p99_ms, timed_examples}
+  inference     batch1_latency_ms(forward, params, inputs) -> {p50_ms, p99_ms, timed_examples};
+                call_latency_ms(eval_step, params, batch) -> {p50_ms, p99_ms, calls}
 """
 
 from research.cost.analytic import analytic_flops
@@ -23,6 +24,7 @@ from research.cost.comm import collective_bytes
 from research.cost.energy import co2_grams
 from research.cost.energy import EnergyMeter
 from research.cost.latency import batch1_latency_ms
+from research.cost.latency import call_latency_ms
 from research.cost.memory import device_peak_bytes
 from research.cost.memory import dir_bytes
 from research.cost.memory import measured_peak_bytes
@@ -38,7 +40,7 @@ from research.cost.xla import StepCosts
 from research.cost.xla import xla_flops
 
 __all__ = ['EnergyMeter', 'Layer', 'MemoryReading', 'StepCosts', 'analytic_comm_bytes', 'analytic_flops',
-           'analytic_train_step_flops', 'batch1_latency_ms', 'collective_bytes', 'device_peak_bytes',
+           'analytic_train_step_flops', 'batch1_latency_ms', 'call_latency_ms', 'collective_bytes', 'device_peak_bytes',
            'co2_grams', 'compiled_flops', 'dir_bytes', 'layer_flops', 'measured_peak_bytes', 'mfu',
            'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes', 'reset_peak_rss', 'step_costs',
            'xla_flops']

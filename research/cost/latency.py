@@ -1,4 +1,4 @@
-"""Inference latency: per-call times of a compiled forward pass at batch 1, as percentiles."""
+"""Inference latency: per-call times of a compiled forward pass, at batch 1 or at a full batch, as percentiles."""
 
 import time
 from typing import Callable
@@ -27,3 +27,17 @@ def batch1_latency_ms(forward: Callable, params, inputs: np.ndarray, *, examples
     times.append(1e3 * (time.perf_counter() - t0))
   return {'p50_ms': float(np.percentile(times, 50)), 'p99_ms': float(np.percentile(times, 99)),
           'timed_examples': len(times)}
+
+
+def call_latency_ms(fn: Callable, *args, calls: int = 20) -> dict:
+  """Times `fn(*args)` (already compiled and run once), the result fetched to the host each call.
+
+  Returns:
+    {'p50_ms', 'p99_ms', 'calls'}.
+  """
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    jax.device_get(fn(*args))
+    times.append(1e3 * (time.perf_counter() - t0))
+  return {'p50_ms': float(np.percentile(times, 50)), 'p99_ms': float(np.percentile(times, 99)), 'calls': calls}

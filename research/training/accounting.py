@@ -186,6 +186,14 @@ def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) ->
           'timed_examples': timing['timed_examples'], 'device': device.device_kind}
 
 
+def eval_batch_latency(eval_step, params, batch: dict, *, batch_size: int) -> dict:
+  """The card's inference entries at the eval batch size: the compiled eval step (forward + loss sums) on one
+  full batch, 20 calls after the run's own evaluations warmed it up."""
+  timing = cost.call_latency_ms(eval_step, params, batch)
+  return {'eval_batch_size': batch_size, 'eval_batch_p50_ms': timing['p50_ms'],
+          'eval_batch_p99_ms': timing['p99_ms'], 'eval_examples_per_s': 1e3 * batch_size / timing['p50_ms']}
+
+
 def dry_run_estimate(step_figures: StepCost, *, seconds_per_step: float, joules_per_step: float, steps: int,
                      grid_co2_g_per_kwh: float) -> dict[str, Any]:
   """Projected totals for `steps` steps from a few timed steps."""

@@ -299,6 +299,10 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   costs['scale_out'] = accounting.scale_out(config, mesh, outcome.state, session.tracker.step)
   # After the memory reading: compiling the batch-1 forward would add its own peak.
   costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
+  eval_batch = sharding.put_global_batch(next(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)),
+                                         mesh)
+  costs['inference'].update(accounting.eval_batch_latency(eval_step, outcome.state.params, eval_batch,
+                                                          batch_size=config.eval_batch_size))
   card = run_card.build(
       config, outcome.state, steps=outcome.step, stop_reason=outcome.stop_reason, resumed_from_step=start_step,
       wall_time_s=time.time() - t_start, costs=costs, checkpoints_skipped=ckpt.skipped, message=outcome.message,
