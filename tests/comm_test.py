@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import conftest  # tests/ is on sys.path (rootdir conftest): the emulated devices' XLA flags.
+
 from research.cost import comm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +64,7 @@ print(json.dumps({name: collective_bytes(compiled) for name, compiled in program
 
 @pytest.fixture(scope='module')
 def compiled_bytes() -> dict:
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8 ' + conftest.CPU_COLLECTIVE_PATIENCE, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, '-c', _PROGRAMS], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]

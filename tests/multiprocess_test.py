@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+import conftest  # tests/ is on sys.path (rootdir conftest): the emulated devices' XLA flags.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESSES = 2
 SUMMARY = '[mlp on mnist1d] '
@@ -30,7 +32,7 @@ def env(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   data.load_dataset(ml_collections.ConfigDict({'name': 'mnist1d', 'variant': 'standard', 'data_dir': data_dir}))
   return dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS='cpu',
-              XLA_FLAGS='--xla_force_host_platform_device_count=2')
+              XLA_FLAGS='--xla_force_host_platform_device_count=2 ' + conftest.CPU_COLLECTIVE_PATIENCE)
 
 
 def _free_port() -> int:

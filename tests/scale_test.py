@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import conftest  # tests/ is on sys.path (rootdir conftest): the emulated devices' XLA flags.
+
 from configs import base, mnist1d
 from research import checkpointing, sharding
 from research.config import ConfigError, validate
@@ -196,7 +198,7 @@ def test_a_workdir_resumes_under_a_new_mesh(tmp_path):
 
 def test_the_same_command_scales_by_flags_only_and_the_card_records_it(tmp_path):
   """experiments.train as a user runs it, on 8 emulated devices, tensor parallel."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8 ' + conftest.CPU_COLLECTIVE_PATIENCE, JAX_PLATFORMS='cpu')
   workdir = tmp_path / 'tp'
   proc = subprocess.run(
       [sys.executable, '-m', 'experiments.train', '--config=configs/mnist1d.py:transformer', f'--workdir={workdir}',
