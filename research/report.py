@@ -48,6 +48,12 @@ UNKNOWN_SOURCE = 'source unknown'
 _NOT_CONFIG = (frozenset(workdir_lib.SAFE_TO_CHANGE) - {'steps'}) | {'seed'}
 
 
+def _is_config(key: str) -> bool:
+  """Whether `key` defines the experiment (for grouping seeds): not a safe-to-change key or group (budgets,
+  accounting, mesh, processes: a sweep gives each trial its own budget share), nor the seed."""
+  return key not in _NOT_CONFIG and not key.startswith(workdir_lib.SAFE_GROUPS)
+
+
 class ReportError(ValueError):
   """Bad input, named by path: it does not exist, holds no runs, or a card or config cannot be read."""
 
@@ -243,7 +249,7 @@ def _config_key(config: dict | None, path: str) -> tuple:
   if config is None:  # Nothing says which runs repeat this one: it is a group of its own.
     return (('<no config.json>', path),)
   return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in workdir_lib.flatten(config).items()
-                      if k not in _NOT_CONFIG))
+                      if _is_config(k)))
 
 
 def _energy_source(row: dict) -> str:
@@ -254,7 +260,7 @@ def _summarize(rows: list[dict], config: dict | None) -> dict:
   """One group's entry of group_runs from its members' run_rows."""
   metric = _first(*(r['metric'] for r in rows))
   summary = {'model': rows[0]['model'], 'dataset': rows[0]['dataset'], 'dataset_variant': rows[0]['dataset_variant'],
-             'config': {k: v for k, v in workdir_lib.flatten(config or {}).items() if k not in _NOT_CONFIG},
+             'config': {k: v for k, v in workdir_lib.flatten(config or {}).items() if _is_config(k)},
              'runs': [r['run'] for r in rows], 'seeds': [r['seed'] for r in rows], 'n': len(rows),
              'metric': metric, 'higher_is_better': _first(*(r['higher_is_better'] for r in rows)),
              'energy_sources': sorted({_energy_source(r) for r in rows if r['energy_j'] is not None})}
