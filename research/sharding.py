@@ -122,7 +122,11 @@ def spec_for(logical: P | None, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
   must stay replicated (jit rejects uneven shardings: a 10-class head on a 4-way axis), and a mesh axis may split
   only one dimension of an array. Logical names without a rule stay replicated.
   """
-  table = check_rules(rules)
+  return _spec(logical, shape, mesh, check_rules(rules))
+
+
+def _spec(logical: P | None, shape: tuple[int, ...], mesh: Mesh, table: dict[str, tuple[str, ...]]) -> P:
+  """spec_for with the rules already parsed by check_rules."""
   used, out = set(), []
   for i, size in enumerate(shape):
     name = logical[i] if logical is not None and i < len(logical) else None
@@ -151,7 +155,8 @@ def state_shardings(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
   """
   logical = nn.get_partition_spec(boxed_abstract)
   shapes = nn.unbox(boxed_abstract)
-  return jax.tree.map(lambda spec, x: NamedSharding(mesh, spec_for(spec, x.shape, mesh, rules)), logical, shapes,
+  table = check_rules(rules)  # Once, not per leaf.
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _spec(spec, x.shape, mesh, table)), logical, shapes,
                       is_leaf=lambda x: isinstance(x, P))
 
 

@@ -114,9 +114,16 @@ class Tracker:
     return {'restarts': self.ledger.restarts, 'time': totals, 'joules': self.joules()}
 
 
-def scale_out(config, mesh, state, step_figures: StepCost) -> dict:
-  """The card's `scale_out` entry: where the run ran and what its sharding costs in communication."""
-  params = cost.param_stats(state.params)
+def scale_out(config, mesh, state, step_figures: StepCost, *, param_bytes: int) -> dict:
+  """The card's `scale_out` entry: where the run ran and what its sharding costs in communication.
+
+  Args:
+    config: the run's config.
+    mesh: the device mesh.
+    state: the final train state (its params' shardings are described).
+    step_figures: the compiled step's figures (its collectives).
+    param_bytes: the parameters' bytes (the card's params.bytes), for the textbook communication volume.
+  """
   layout = sharding.describe_shardings(jax.tree.map(lambda x: x.sharding, state.params), state.params)
   comm = step_figures.comm
   return {
@@ -129,7 +136,7 @@ def scale_out(config, mesh, state, step_figures: StepCost) -> dict:
       'comm_bytes_per_step': {
           'hlo': {'result_bytes': comm['total'], 'estimated_wire_bytes': comm['estimated_wire_bytes'],
                   'by_op': comm['by_op'], 'count': comm['count']},
-          'analytic': cost.analytic_comm_bytes(param_bytes=params['bytes'], mesh_shape=dict(mesh.shape)),
+          'analytic': cost.analytic_comm_bytes(param_bytes=param_bytes, mesh_shape=dict(mesh.shape)),
           'note': 'per device per train step; hlo: collectives of the compiled step (loop iterations counted), '
                   'wire bytes by ring-algorithm formulas; analytic: textbook data-parallel/FSDP volumes',
       },

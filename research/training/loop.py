@@ -296,7 +296,8 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   costs = accounting.card_costs(
       session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.steps_run,
       checkpoint_dir=ckpt.directory)
-  costs['scale_out'] = accounting.scale_out(config, mesh, outcome.state, session.tracker.step)
+  costs['scale_out'] = accounting.scale_out(config, mesh, outcome.state, session.tracker.step,
+                                            param_bytes=costs['params']['bytes'])
   # After the memory reading: compiling the batch-1 forward would add its own peak.
   costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
   eval_batch = sharding.put_global_batch(next(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)),
