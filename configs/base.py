@@ -15,6 +15,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.batch_size = 100  # Global batch size (split over the `data` mesh axis).
   c.eval_batch_size = 1000  # Batch size of evaluation; the last batch is padded and masked.
   c.eval_every = 250  # Evaluate on the test split every this many steps (and at the end).
+  c.eval_examples = 0  # Evaluate on this many test examples, evenly spaced (a fixed subset); 0 = the whole split.
   c.log_every = 50  # Write mean train metrics every this many steps.
   c.checkpoint_every = 1000  # Save a checkpoint every this many steps (and at the end).
   c.keep_checkpoints = 3  # Number of most recent checkpoints kept on disk.
@@ -27,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'mnist1d'  # One of research.data.DATASETS.
   c.dataset.data_dir = ''  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.dataset.variant = 'standard'  # mnist1d only: 'standard' or 'shuffled' (fixed permutation of positions).
+  c.dataset.seq_len = 64  # Language-model datasets only: tokens per training/evaluation sequence (<= model.context).
 
   # Model fields beyond `name` are the model's dataclass fields (research.models); presets set them.
   c.model = ml_collections.ConfigDict()
@@ -45,7 +47,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999  # Adam/AdamW second-moment decay.
   c.optimizer.eps = 1e-8  # Adam/AdamW/RMSprop/AdaGrad epsilon.
   c.optimizer.decay = 0.9  # RMSprop squared-gradient decay.
-  c.optimizer.weight_decay = 0.0  # adamw: decoupled decay; others: added to the gradient (PyTorch semantics).
+  c.optimizer.weight_decay = 0.0  # adamw: decoupled decay of kernels (ndim >= 2); others: added to the gradient.
   c.optimizer.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 disables.
   c.optimizer.l1 = 0.0  # L1 penalty coefficient added to the loss (sum |w| over kernels).
   c.optimizer.l2 = 0.0  # L2 penalty coefficient added to the loss (0.5 * sum w^2 over kernels).

@@ -95,7 +95,8 @@ def _trial_configs(trials: list[sweep_lib.Trial], preset: str, overrides: list[s
 
 
 def _prepare_generated_data(configs) -> None:
-  """Generates MNIST-1D once before parallel trials start, so that they do not generate it at the same time."""
+  """Generates MNIST-1D (or prepares the Shakespeare corpus) once before parallel trials start, so that they do not
+  prepare it at the same time."""
   from research import data  # pylint: disable=g-import-not-at-top
   from research.data import datasets  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -108,7 +109,7 @@ def _prepare_generated_data(configs) -> None:
     if spec.builder_cls is None or key in done:
       continue
     done.add(key)
-    builder = spec.builder_cls(config=config.dataset.variant, data_dir=data_dir)
+    builder = datasets.local_builder(spec, variant=config.dataset.variant, data_dir=data_dir)
     if not builder.is_prepared():
       print(f'Generating {config.dataset.name} ({config.dataset.variant}) in {data_dir} once for the trials',
             flush=True)

@@ -69,26 +69,42 @@ def _check_model(model_config) -> None:
     if key not in fields:
       raise ConfigError(f'model.{key}', value, f'a field of model {model_config.name!r}: {sorted(fields)}')
     _check_type(f'model.{key}', value, fields[key][0])
+  if 'attention' in fields:
+    from research.models import gpt  # pylint: disable=g-import-not-at-top
+    _check_choice('model.attention', model_config.get('attention', 'auto'), gpt.ATTENTIONS)
   rate = model_config.get('dropout_rate', 0.0)
   if not 0.0 <= rate < 1.0:
     raise ConfigError('model.dropout_rate', rate, 'a value in [0, 1)')
 
 
-def _check_model_builds(model_config, dataset_name: str) -> None:
-  """Traces the model's init on abstract inputs (no compute): inconsistent fields fail here, not mid-run."""
+def _check_model_builds(model_config, dataset_config) -> None:
+  """Checks that the model suits the dataset's task, then traces its init on abstract inputs (no compute):
+  inconsistent fields fail here, not mid-run."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from research import data, models  # pylint: disable=g-import-not-at-top
 
-  spec = data.DATASETS[dataset_name]
+  spec = data.DATASETS[dataset_config.name]
+  language_model = models.is_language_model(model_config.name)
+  if language_model != (spec.task == 'lm'):
+    lms = [name for name in models.MODELS if models.is_language_model(name)]
+    allowed = (f'a language model ({lms}) for the text dataset {dataset_config.name!r}' if spec.task == 'lm' else
+               f'a classifier (not {lms}) for {dataset_config.name!r}; language models train on '
+               f'{sorted(n for n, s in data.DATASETS.items() if s.task == "lm")}')
+    raise ConfigError('model.name', model_config.name, allowed)
   model = models.get_model(model_config, num_classes=spec.num_classes)
-  inputs = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
+  if language_model:
+    if dataset_config.seq_len <= 0:
+      raise ConfigError('dataset.seq_len', dataset_config.seq_len, 'a value > 0')
+    if dataset_config.seq_len > model.context:
+      raise ConfigError('dataset.seq_len', dataset_config.seq_len, f'at most model.context ({model.context})')
+  shape = data.example_shape(dataset_config)
+  inputs = jax.eval_shape(lambda: models.dummy_input(model, shape))
   try:
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), inputs)
   except (ValueError, TypeError) as e:
     fields = {k: v for k, v in model_config.items() if k != 'name'}
     raise ConfigError('model', fields, f'fields that build a {model_config.name!r} model for '
-                      f'{dataset_name} inputs {spec.input_shape}; building it failed: {str(e).splitlines()[0]}') from e
+                      f'{dataset_config.name} inputs {shape}; building it failed: {str(e).splitlines()[0]}') from e
 
 
 def _check_positive(config, keys, *, allow_zero: bool = False) -> None:
@@ -144,7 +160,7 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   _check_positive(config, ['steps', 'batch_size', 'eval_batch_size', 'eval_every', 'log_every',
                            'checkpoint_every', 'keep_checkpoints', 'max_consecutive_nonfinite',
                            'optimizer.learning_rate'])
-  _check_positive(config, ['optimizer.weight_decay', 'optimizer.grad_clip_norm', 'optimizer.l1', 'optimizer.l2',
+  _check_positive(config, ['eval_examples', 'optimizer.weight_decay', 'optimizer.grad_clip_norm', 'optimizer.l1', 'optimizer.l2',
                            'optimizer.warmup_steps', 'optimizer.min_learning_rate', 'optimizer.eps'],
                   allow_zero=True)
   if not 0 <= config.seed < 2**32:  # JAX's PRNG seeds are uint32 (and numpy's rngs want a non-negative seed).
@@ -168,4 +184,4 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
     raise ConfigError('optimizer.decay_every', config.optimizer.decay_every, 'a value > 0')
   _check_scale_out(config)
   _check_model(config.model)
-  _check_model_builds(config.model, config.dataset.name)
+  _check_model_builds(config.model, config.dataset)

@@ -159,15 +159,16 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
 
   mesh = _make_mesh(config)
   # The template is the abstract state training starts from: the checkpoint's exact tree, on this mesh.
+  input_shape = data.example_shape(config.dataset)
   model, _, _, template = loop.create_model_and_state(
-      config, num_classes=spec.num_classes, input_shape=spec.input_shape, mesh=mesh, abstract=True)
+      config, num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh, abstract=True)
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints, async_save=False)
   try:
     state = ckpt.restore(template, step=step).state
   finally:
     ckpt.close()
   return Run(workdir=workdir, config=config, model=model, params=state.params, step=int(state.step),
-             num_classes=spec.num_classes, input_shape=spec.input_shape, mesh=mesh)
+             num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
 
 
 def evaluate(run: Run, split: str = 'test', *, data_dir: str | None = None) -> dict:

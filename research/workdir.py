@@ -14,7 +14,8 @@ import ml_collections
 # Keys that may differ between the saved config and a resuming one without changing the numbers of the steps
 # already taken or about to be taken (logging, evaluation, checkpoint cadence, length, where data is read from).
 SAFE_TO_CHANGE = ('steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'progress',
-                  'eval_batch_size', 'max_consecutive_nonfinite', 'dataset.data_dir', 'accumulate_steps')
+                  'eval_batch_size', 'eval_examples', 'max_consecutive_nonfinite', 'dataset.data_dir',
+                  'accumulate_steps')
 # Budgets cap a run and accounting measures it: neither changes a step. The mesh, the processes and gradient
 # accumulation change where and in how many pieces a step is computed, not what it computes: float sums in another
 # order (and, with dropout, other masks per microbatch). Checkpoints restore onto any mesh (resharded on load).

@@ -199,7 +199,7 @@ def test_catalog_datasets_load_from_mocked_tfds(name, shape):
 
 
 def test_unknown_name_or_variant_raises_with_allowed_values():
-  with pytest.raises(ValueError, match=r"'imagenet'.*\['cifar10', 'fashion_mnist', 'mnist', 'mnist1d'\]"):
+  with pytest.raises(ValueError, match=r"'imagenet'.*\['cifar10', 'fashion_mnist', 'lm1b', 'mnist', 'mnist1d', 'shakespeare'"):
     data.load_dataset(_config(name='imagenet'))
   with pytest.raises(ValueError, match=r"'shuffled'.*'mnist'.*\['standard'\]"):
     data.load_dataset(_config(name='mnist', variant='shuffled'))

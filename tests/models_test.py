@@ -78,7 +78,7 @@ def _assert_same_outputs_and_grads(reference, candidates, params, x, *, atol: fl
 
 
 def test_registry_has_exactly_the_contract_names():
-  assert set(models.MODELS) == {'logreg', 'mlp', 'cnn', 'cnn2d', 'lenet5', 'gru', 'lstm', 'transformer'}
+  assert set(models.MODELS) == {'logreg', 'mlp', 'cnn', 'cnn2d', 'lenet5', 'gru', 'lstm', 'transformer', 'gpt'}
 
 
 @pytest.mark.parametrize('name,shape,overrides,count', PARAMS)

@@ -154,6 +154,41 @@ def _transformer(m, input_shape) -> list[Layer]:
   return layers + [norm('ln_final'), Layer('mean_pool', 0.0, n * d), _dense('head', d, m.num_classes)]
 
 
+def _gpt(m, input_shape) -> list[Layer]:
+  """GPT-2 over n tokens: per-token layers at n positions; full n x n attention scores (the causal mask is applied
+  to all of them, one select each); the head is the tied embedding (x wte^T, no bias)."""
+  n, d, heads, vocab = input_shape[0], m.d_model, m.num_heads, m.num_classes
+  norm = lambda name: Layer(name, 0.0, LAYERNORM_FLOPS * n * d)
+  layers = [Layer('embed', 0.0, n * d, input_grad=False)]  # Token lookup (no arithmetic) + positions.
+  for b in range(m.num_layers):
+    p = f'h_{b}/'
+    layers += [
+        norm(p + 'ln_1'),
+        _dense(p + 'qkv', d, 3 * d, n),
+        Layer(p + 'attention_scores', 2.0 * n * n * d, n * d + (SOFTMAX_FLOPS + 1) * heads * n * n),
+        Layer(p + 'attention_values', 2.0 * n * n * d),
+        _dense(p + 'out', d, d, n, activation=1),  # + the residual add.
+        norm(p + 'ln_2'),
+        _dense(p + 'mlp_in', d, 4 * d, n, activation=GELU_FLOPS),
+        _dense(p + 'mlp_out', 4 * d, d, n, activation=1),
+    ]
+  return layers + [norm('ln_f'), Layer('head', 2.0 * n * d * vocab)]
+
+
+def model_flops_per_token(model_config: Mapping[str, Any], *, seq_len: int, vocab: int) -> float:
+  """Training FLOPs per token by the usual language-model count: 6 N + 12 L T d (docs/flops.md).
+
+  6 N: a multiply-add (2) per parameter per token forward, twice that backward, N the parameters without the
+  position table (a lookup, never multiplied; the tied token embedding is counted: it is the head's matmul). 12 L T
+  d: attention's q k^T and weights v (2 T d each per token per layer forward, x3 for training), counted over the
+  whole T x T square as PaLM (Chowdhery et al. 2022, appendix B), nanoGPT's estimate_mfu and MaxText do. Norms,
+  softmax and the loss are left out, so this is below the analytic and XLA counts.
+  """
+  model = models.get_model(model_config, num_classes=vocab)
+  n = _param_count(model_config, (seq_len,), vocab) - model.context * model.d_model
+  return 6.0 * n + 12.0 * model.num_layers * seq_len * model.d_model
+
+
 _FAMILIES: dict[str, Callable[[Any, tuple[int, ...]], list[Layer]]] = {
     'logreg': _logreg,
     'mlp': _mlp,
@@ -163,6 +198,7 @@ _FAMILIES: dict[str, Callable[[Any, tuple[int, ...]], list[Layer]]] = {
     'gru': lambda m, shape: _rnn(m, shape, 'gru'),
     'lstm': lambda m, shape: _rnn(m, shape, 'lstm'),
     'transformer': _transformer,
+    'gpt': _gpt,
 }
 
 
@@ -226,12 +262,13 @@ def analytic_train_step_flops(model_config: Mapping[str, Any], *, input_shape: t
   layers = layer_flops(model_config, input_shape=input_shape, num_classes=num_classes)
   forward = sum(layer.matmul + layer.elementwise for layer in layers)
   backward = sum(layer.matmul * (2 if layer.input_grad else 1) + 2 * layer.elementwise for layer in layers)
-  per_example = forward + backward + LOSS_FLOPS_PER_CLASS * num_classes
+  outputs = input_shape[0] if models.is_language_model(model_config['name']) else 1  # Predictions per example.
+  per_example = forward + backward + LOSS_FLOPS_PER_CLASS * num_classes * outputs
   return batch_size * per_example + update_flops_per_param * _param_count(model_config, input_shape, num_classes)
 
 
 def _param_count(model_config, input_shape, num_classes) -> int:
   """Parameters of the model, from its abstract init (no compile, no arrays)."""
   model = models.get_model(model_config, num_classes=num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), models.dummy_input(model, input_shape), train=False))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))

@@ -11,10 +11,11 @@ from research.data.datasets import Dataset
 from research.data.datasets import DATASETS
 from research.data.datasets import DataUnavailableError
 from research.data.datasets import DatasetSpec
+from research.data.datasets import example_shape
 from research.data.datasets import load_dataset
 from research.data.pipeline import eval_batches
 from research.data.pipeline import make_train_iterator
 from research.data.pipeline import pad_rows
 
-__all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'load_dataset',
+__all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'example_shape', 'load_dataset',
            'make_train_iterator', 'pad_rows']

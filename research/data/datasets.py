@@ -1,5 +1,9 @@
 """Datasets by name: the `DATASETS` registry and `load_dataset`, which reads a TFDS dataset into memory.
 
+Two tasks: classification (`{"inputs", "labels"}` examples with one class each) and language modelling
+(`task='lm'`: text read as one stream of byte tokens per split, served as packed windows of `dataset.seq_len`
+tokens whose labels are the next tokens; research/data/text.py).
+
 Every dataset we train on fits in host memory (CIFAR-10, the largest, is 180 MB as uint8), so each
 split is read once from its TFDS array_record files into numpy arrays; batches are then gathered with
 one fancy index instead of per-record reads (see pipeline.py). Inputs stay in their stored dtype
@@ -15,7 +19,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import mnist1d
+from research.data import mnist1d, text
 
 
 class DataUnavailableError(RuntimeError):
@@ -38,7 +42,8 @@ class DatasetSpec:
   builder_cls: type[tfds.core.DatasetBuilder] | None = None
   variants: tuple[str, ...] = ('standard',)  # Allowed `dataset.variant` values (builder configs).
   train_split: str = 'train'
-  test_split: str = 'test'
+  test_split: str = 'test'  # The split evaluated during and after training (a validation split for some).
+  task: str = 'classify'  # 'classify' | 'lm' (inputs: the `input_key` text; num_classes: the vocabulary).
 
   def preprocess(self, inputs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Maps raw record fields to model-ready arrays; works on one example or a stacked batch.
@@ -78,7 +83,24 @@ DATASETS: dict[str, DatasetSpec] = {
     'cifar10': DatasetSpec(
         tfds_name='cifar10', input_key='image', label_key='label', num_classes=10,
         input_shape=(32, 32, 3), pixel_mean=(0.4914, 0.4822, 0.4465), pixel_std=(0.2470, 0.2435, 0.2616)),
+    # Language modelling on byte tokens; input_shape is (dataset.seq_len,), set per run (`example_shape`).
+    'shakespeare': DatasetSpec(
+        tfds_name='shakespeare', input_key='text', label_key='', num_classes=text.VOCAB_SIZE, input_shape=(),
+        builder_cls=text.Shakespeare, test_split='validation', task='lm'),
+    # TFDS catalog text (needs internet to prepare): Karpathy's 1 MB tiny Shakespeare, and the One Billion Word
+    # benchmark (~4 GB of text: its train split is read into memory as bytes).
+    'tiny_shakespeare': DatasetSpec(
+        tfds_name='tiny_shakespeare', input_key='text', label_key='', num_classes=text.VOCAB_SIZE, input_shape=(),
+        test_split='validation', task='lm'),
+    'lm1b': DatasetSpec(
+        tfds_name='lm1b', input_key='text', label_key='', num_classes=text.VOCAB_SIZE, input_shape=(), task='lm'),
 }
+
+
+def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """One example's input shape for the `dataset` config group: (seq_len,) for language modelling."""
+  spec = DATASETS[config.name]
+  return (config.seq_len,) if spec.task == 'lm' else spec.input_shape
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,6 +131,7 @@ class Dataset:
   input_shape: tuple[int, ...]
   num_train: int
   num_test: int
+  task: str = 'classify'  # DatasetSpec.task.
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -142,11 +165,14 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
     raise ValueError(f'dataset.variant {config.variant!r} is not available for dataset.name '
                      f'{config.name!r}; expected one of {list(spec.variants)}.')
   data_dir = resolve_data_dir(data_dir or config.data_dir)
+  read = _read_into_memory if spec.task == 'classify' else lambda r, _: _read_windows(r, spec, config.seq_len)
   try:
     records = _open_splits(spec, variant=config.variant, data_dir=data_dir)
-    train, test = (_read_into_memory(records[split], spec) for split in ('train', 'test'))
+    train, test = (read(records[split], spec) for split in ('train', 'test'))
   except DataUnavailableError:
     raise
+  except text.CorpusUnavailableError as e:
+    raise DataUnavailableError(str(e)) from e
   except (RuntimeError, OSError, ValueError) as e:
     # array_record checks a hash per chunk: a truncated or flipped file fails here, never trains on garbage.
     fix = ('delete it to have it generated again' if spec.builder_cls is not None
@@ -155,14 +181,21 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
         f'dataset {config.name!r} in {os.path.join(data_dir, spec.tfds_name)} is unreadable '
         f'({" ".join(str(e).split())[:200]}); {fix}') from e
   return Dataset(name=config.name, train=train, test=test, num_classes=spec.num_classes,
-                 input_shape=spec.input_shape, num_train=len(train), num_test=len(test))
+                 input_shape=example_shape(config), num_train=len(train), num_test=len(test),
+                 task=spec.task)
+
+
+def local_builder(spec: DatasetSpec, *, variant: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The builder of a dataset built here (spec.builder_cls), with its `variant` config if it has configs."""
+  configs = {'config': variant} if spec.builder_cls.BUILDER_CONFIGS else {}
+  return spec.builder_cls(data_dir=data_dir, **configs)
 
 
 def _open_splits(spec: DatasetSpec, *, variant: str, data_dir: str) -> dict[str, Any]:
   """Prepares the dataset if needed and returns {'train', 'test'} TFDS random-access data sources."""
   splits = {'train': spec.train_split, 'test': spec.test_split}
   if spec.builder_cls is not None:
-    builder = spec.builder_cls(config=variant, data_dir=data_dir)
+    builder = local_builder(spec, variant=variant, data_dir=data_dir)
     builder.download_and_prepare(file_format='array_record')  # A no-op once the files exist.
     return builder.as_data_source(split=splits)
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
@@ -176,6 +209,15 @@ def _open_splits(spec: DatasetSpec, *, variant: str, data_dir: str) -> dict[str,
           f'--data_dir={data_dir}`), or point --config.dataset.data_dir at a directory that holds it')
     builder.download_and_prepare(file_format='array_record')
   return tfds.data_source(spec.tfds_name, split=splits, data_dir=data_dir)
+
+
+def _read_windows(records: Any, spec: DatasetSpec, seq_len: int) -> text.TokenWindows:
+  """A text split as packed windows of `seq_len` byte tokens (text.TokenWindows)."""
+  windows = text.TokenWindows(text.byte_tokens(records, spec.input_key), seq_len)
+  if not len(windows):
+    raise DataUnavailableError(f'{spec.tfds_name} has {len(windows.tokens)} tokens in a split, fewer than one '
+                               f'window of dataset.seq_len + 1 = {seq_len + 1}')
+  return windows
 
 
 def _preparation_is_mocked() -> bool:

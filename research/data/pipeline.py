@@ -87,13 +87,16 @@ def make_train_iterator(
   return iter(batches.to_iter_dataset(_READ_OPTIONS))
 
 
-def eval_batches(dataset: Dataset, split: str, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(dataset: Dataset, split: str, *, batch_size: int,
+                 max_examples: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Yields one ordered pass over `split` in fixed-shape batches, so an eval step compiles once.
 
   Args:
     dataset: from `load_dataset`.
     split: 'train' or 'test'.
     batch_size: rows of every batch; the last batch is zero-padded up to it.
+    max_examples: > 0: only this many examples, evenly spaced over the split (a fixed subset, the same at every
+      evaluation); 0: all.
 
   Yields:
     {"inputs": float32 [batch_size, *input_shape], "labels": int32 [batch_size],
@@ -108,8 +111,11 @@ def eval_batches(dataset: Dataset, split: str, *, batch_size: int) -> Iterator[d
   if batch_size <= 0:
     raise ValueError(f'batch_size ({batch_size}) must be positive.')
   source = sources[split]
-  for start in range(0, len(source), batch_size):
-    index = np.arange(start, min(start + batch_size, len(source)))
+  examples = np.arange(len(source))
+  if 0 < max_examples < len(source):
+    examples = np.unique(np.linspace(0, len(source) - 1, max_examples).round().astype(np.int64))
+  for start in range(0, len(examples), batch_size):
+    index = examples[start:start + batch_size]
     batch = source[index]
     batch['mask'] = np.ones(len(index), np.float32)
     if len(index) < batch_size:

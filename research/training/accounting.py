@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from research import cost, sharding
+from research import cost, models, sharding
 
 BUDGETS = ('max_seconds', 'max_flops', 'max_joules')
 
@@ -53,12 +53,19 @@ class StepCost(NamedTuple):
   predicted_bytes: int  # XLA's memory plan of the train step, per device.
   examples_per_step: int
   comm: dict  # Collectives of one train step per device (cost.collective_bytes).
+  tokens_per_step: int | None = None  # Language models: next-token predictions per step.
+  train_step_flops_model: float | None = None  # Language models: 6 N + 12 L T d per token (cost.model_flops_per_token).
 
 
 def step_cost(config, costs: cost.StepCosts, *, input_shape: tuple[int, ...], num_classes: int) -> StepCost:
   """Combines XLA's figures for the compiled steps with the analytic formulas (docs/flops.md)."""
   analytic = dict(input_shape=input_shape, num_classes=num_classes)
-  return StepCost(
+  lm = {}
+  if models.is_language_model(config.model.name):
+    tokens = config.batch_size * input_shape[0]
+    lm = dict(tokens_per_step=tokens, train_step_flops_model=tokens * cost.model_flops_per_token(
+        config.model, seq_len=input_shape[0], vocab=num_classes))
+  return StepCost(**lm,
       train_step_flops=costs.train_step_flops,
       train_step_flops_analytic=cost.analytic_train_step_flops(config.model, batch_size=config.batch_size,
                                                                **analytic),
@@ -156,22 +163,27 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
   train_flops_session = session_steps * step.train_step_flops
   measured = cost.measured_peak_bytes()
   params = cost.param_stats(state.params)
+  timed = session_steps and timers.train_s > 0
+  per_s = lambda per_step: session_steps * per_step / timers.train_s if timed else None
   return {
       'restarts': totals['restarts'],
       'params': {'count': params['count'], 'bytes': params['bytes'], 'by_dtype': params['by_dtype'],
                  'checkpoint_bytes': cost.dir_bytes(checkpoint_dir)},
-      'flops': {'train_step': {'analytic': step.train_step_flops_analytic, 'xla': step.train_step_flops},
+      'flops': {'train_step': {'analytic': step.train_step_flops_analytic, 'xla': step.train_step_flops,
+                               **_if_lm(step, model_6n=step.train_step_flops_model)},
                 'eval_example': {'analytic': step.eval_example_flops_analytic, 'xla': step.eval_example_flops},
                 'total_train': steps * step.train_step_flops},
       'time': totals['time'],
       'session_time': dataclasses.asdict(timers) | {'wall_s': time.time() - tracker.t_start},
-      'throughput': {'examples_per_s': session_steps * step.examples_per_step / timers.train_s
-                     if session_steps and timers.train_s > 0 else None},
-      'mfu': {'value': cost.mfu(train_flops_session / devices, timers.train_s, peak)
-                       if session_steps and timers.train_s > 0 else None,
+      'throughput': {'examples_per_s': per_s(step.examples_per_step),
+                     **_if_lm(step, tokens_per_s=per_s(step.tokens_per_step))},
+      'mfu': {'value': cost.mfu(train_flops_session / devices, timers.train_s, peak) if timed else None,
+              **_if_lm(step, model_6n_value=cost.mfu(session_steps * (step.train_step_flops_model or 0) / devices,
+                                                     timers.train_s, peak) if timed else None),
               'peak_flops_per_s': peak, 'peak_source': peak_source,
               'note': "this session's XLA train-step FLOPs per device over its train_s (which includes the data "
-                      'wait, not compile, eval or checkpoints)'},
+                      'wait, not compile, eval or checkpoints); model_6n_value (language models): the same with '
+                      'the 6N + 12LTd FLOPs per token of flops.train_step.model_6n'},
       'memory': {'predicted_bytes': step.predicted_bytes, 'predicted_per': 'device',
                  'measured_peak_bytes': measured.bytes, 'measured_source': measured.source,
                  'device_peak_bytes': cost.device_peak_bytes(),
@@ -181,6 +193,11 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
       'energy': energy,
       'co2_g': cost.co2_grams(energy['joules'], config.accounting.grid_co2_g_per_kwh),
   }
+
+
+def _if_lm(step: StepCost, **entries) -> dict:
+  """`entries` for a language model's card (step.tokens_per_step set), nothing for a classifier's."""
+  return entries if step.tokens_per_step is not None else {}
 
 
 def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) -> dict:

@@ -15,7 +15,7 @@ import optax
 from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card, sharding
 from research import workdir as workdir_lib
 from research.config import ConfigError
-from research.training import accounting, nonfinite, optim, steps as steps_lib
+from research.training import accounting, losses, nonfinite, optim, steps as steps_lib
 from research.training.preemption import StopRequest
 from research.training.train_state import TrainState, abstract_train_state, create_train_state, shardings_of
 
@@ -60,17 +60,32 @@ def make_jit_eval_step(model: nn.Module, mesh, params, *, compute_dtype: str = '
                  out_shardings=sharding.replicated(mesh))
 
 
-def evaluate(eval_step, params, dataset: data.Dataset, split: str, *, batch_size: int, mesh) -> dict:
-  """Mean loss and accuracy over one full pass of `split` (padded rows masked out)."""
+def evaluate(eval_step, params, dataset: data.Dataset, split: str, *, batch_size: int, mesh,
+             max_examples: int = 0) -> dict:
+  """Mean loss and accuracy over one full pass of `split` (padded rows masked out); per token for a language
+  model, with its perplexity and bits per byte. `max_examples` > 0: a fixed evenly spaced subset of the split."""
   totals = None
-  for batch in data.eval_batches(dataset, split, batch_size=batch_size):
+  for batch in data.eval_batches(dataset, split, batch_size=batch_size, max_examples=max_examples):
     sums = eval_step(params, sharding.put_global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
-  return {'loss': float(totals['loss_sum'] / totals['count']),
-          'accuracy': float(totals['correct_sum'] / totals['count'])}
+  out = {'loss': float(totals['loss_sum'] / totals['count']),
+         'accuracy': float(totals['correct_sum'] / totals['count'])}
+  if dataset.task == 'lm':
+    out |= losses.language_model_metrics(out['loss'])
+  return out
 
 
+def final_metrics(task: str, last_train: dict, last_eval: dict) -> dict:
+  """The card's final_metrics: train_loss, test_loss, test_accuracy for a classifier; train_loss, eval_loss
+  (nats/token), eval_bits_per_byte, eval_perplexity, eval_accuracy (next token) for a language model."""
+  if task == 'lm':
+    return {'train_loss': last_train.get('loss'), **{f'eval_{k}': v for k, v in last_eval.items()}}
+  return {'train_loss': last_train.get('loss'), 'test_loss': last_eval['loss'], 'test_accuracy': last_eval['accuracy']}
+
+
+# Eval metrics the progress line shows (as test_* for classifiers, eval_* for language models).
+_SHOWN = ('loss', 'accuracy', 'bits_per_byte')
 # Per-step metrics reduced over a log interval by sum or max instead of the mean.
 _SUMMED, _MAXED = ('skipped',), ('nonfinite_streak',)
 
@@ -149,6 +164,7 @@ class _Session:
   writer: metrics_lib.MetricWriter
   tracker: accounting.Tracker
   timers: accounting.Timers  # compile_s is already set; the loop adds the rest.
+  eval_prefix: str = 'test'  # How the progress line names eval metrics ('eval' for language models).
 
 
 class _Outcome(NamedTuple):
@@ -191,7 +207,8 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
       if step % config.log_every == 0 or done:
         last_train, pending = _reduce_metrics(pending), []
         writer.write(step, 'train', last_train)
-        progress.report(step, {'loss': last_train['loss'], **{f'test_{k}': v for k, v in last_eval.items()}})
+        progress.report(step, {'loss': last_train['loss'], **{f'{session.eval_prefix}_{k}': v
+                                                              for k, v in last_eval.items() if k in _SHOWN}})
         streak = int(last_train['nonfinite_streak'])
         if streak >= config.max_consecutive_nonfinite:
           steps_run = step - start_step
@@ -283,11 +300,12 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   t0 = time.time()
   train_step, eval_step, step_figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
   timers = accounting.Timers(compile_s=time.time() - t0)
-  run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size, mesh=mesh)
+  run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size, mesh=mesh,
+                                     max_examples=config.eval_examples)
   session = _Session(
       config=config, mesh=mesh, train_iter=train_iter, ckpt=ckpt, train_step=train_step, run_eval=run_eval,
       writer=metrics_lib.MetricWriter(workdir, resume_step=start_step) if lead else metrics_lib.NullWriter(),
-      timers=timers,
+      timers=timers, eval_prefix='eval' if dataset.task == 'lm' else 'test',
       tracker=accounting.Tracker(config, ledger, step_figures, t_start=t_start))
   outcome = _train_steps(session, state, start_step)
 
@@ -307,8 +325,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   card = run_card.build(
       config, outcome.state, steps=outcome.step, stop_reason=outcome.stop_reason, resumed_from_step=start_step,
       wall_time_s=time.time() - t_start, costs=costs, checkpoints_skipped=ckpt.skipped, message=outcome.message,
-      final_metrics={'train_loss': outcome.last_train.get('loss'), 'test_loss': last_eval['loss'],
-                     'test_accuracy': last_eval['accuracy']})
+      final_metrics=final_metrics(dataset.task, outcome.last_train, last_eval))
   if lead:
     run_card.write(workdir, card)
   return card

@@ -1,4 +1,6 @@
-"""Losses and per-example metrics for classifiers, and L1/L2 weight penalties."""
+"""Losses and per-example (per-token for language models) metrics, and L1/L2 weight penalties."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +11,27 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy per example.
 
   Args:
-    logits: [batch, num_classes] float.
-    labels: [batch] int class ids.
+    logits: [..., num_classes] float ([batch] or [batch, time] leading dims).
+    labels: [...] int class ids (next tokens for a language model).
 
   Returns:
-    [batch] losses in nats.
+    [...] losses in nats.
   """
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """[batch] 1.0 where argmax(logits) == label, else 0.0."""
+  """[...] 1.0 where argmax(logits) == label, else 0.0."""
   return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def language_model_metrics(loss: float) -> dict[str, float]:
+  """Perplexity exp(loss) and bits per byte loss / ln 2 of a mean next-token loss in nats per byte token.
+
+  Bits per byte equals bits per token only for byte-level tokens (every language-model dataset here); a tokenizer
+  with longer tokens would divide by the mean bytes per token.
+  """
+  return {'perplexity': math.exp(min(loss, 700.0)), 'bits_per_byte': loss / math.log(2)}
 
 
 def _weights(params) -> list[jax.Array]:

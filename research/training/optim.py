@@ -2,6 +2,7 @@
 
 from typing import Callable
 
+import jax
 import optax
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam', 'adamw')
@@ -45,7 +46,10 @@ def _base_optimizer(config, schedule: Callable) -> optax.GradientTransformation:
   if name == 'adam':
     return optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
   if name == 'adamw':
-    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+    # Decoupled decay of weight matrices and kernels only (ndim >= 2), not of biases and norm gains: GPT-2's and
+    # nanoGPT's practice, and the set losses.weight_penalty penalises.
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+                       mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
   raise ValueError(f'optimizer.name={name!r} is not one of {OPTIMIZERS}')
 
 

@@ -34,7 +34,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   """Returns a pure train step (jit it with donated state).
 
   Args:
-    model: the classifier; logits [batch, num_classes].
+    model: a classifier (logits [batch, num_classes]) or a language model (logits [batch, time, vocab]; labels
+      [batch, time] next tokens, the loss and accuracy averaged over every token).
     tx: the optimizer.
     schedule: learning-rate schedule, logged as `lr`.
     l1: L1 penalty coefficient added to the objective.
@@ -46,7 +47,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       Dropout draws fold_in(step rng, i) in microbatch i.
 
   Returns:
-    train_step(state, batch) -> (new_state, metrics) where batch = {"inputs": [B, ...], "labels": [B]} and metrics
+    train_step(state, batch) -> (new_state, metrics) where batch = {"inputs": [B, ...], "labels": [B] or [B, T]}
+    and metrics
     are scalars: loss (data loss, without the penalty), accuracy, grad_norm, param_norm, lr, skipped (1 when a
     non-finite gradient was skipped) and nonfinite_streak (consecutive skipped steps). `tx` must be wrapped in
     optax.apply_if_finite (optim.make_optimizer does this).
@@ -57,7 +59,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """Gradient of the mean objective over `batch`, its mean data loss and its number of correct predictions."""
 
     def objective(params):
-      logits = model.apply({'params': cast_floats(params, dtype)}, batch['inputs'].astype(dtype), train=True,
+      logits = model.apply({'params': cast_floats(params, dtype)}, cast_floats(batch['inputs'], dtype), train=True,
                            rngs={'dropout': rng}).astype(jnp.float32)
       loss = jnp.mean(losses.cross_entropy(logits, batch['labels']))
       correct = jnp.sum(losses.correct(logits, batch['labels']))
@@ -88,7 +90,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     params = optax.apply_updates(state.params, updates)
     metrics = {
         'loss': loss,
-        'accuracy': correct / batch['labels'].shape[0],
+        'accuracy': correct / batch['labels'].size,
         'grad_norm': optax.global_norm(grads),
         'param_norm': optax.global_norm(params),
         'lr': jnp.asarray(schedule(state.step), jnp.float32),
@@ -102,16 +104,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
 
 def make_eval_step(model: nn.Module, *, compute_dtype: str = 'float32') -> Callable:
-  """Returns eval_step(params, batch) -> sums {loss_sum, correct_sum, count} over the real (mask=1) rows."""
+  """Returns eval_step(params, batch) -> sums {loss_sum, correct_sum, count} over the real (mask=1) rows: per
+  example for a classifier, per token for a language model (labels [B, T])."""
   dtype = COMPUTE_DTYPES[compute_dtype]
 
   def eval_step(params, batch: dict) -> dict:
-    logits = model.apply({'params': cast_floats(params, dtype)}, batch['inputs'].astype(dtype),
+    logits = model.apply({'params': cast_floats(params, dtype)}, cast_floats(batch['inputs'], dtype),
                          train=False).astype(jnp.float32)
-    mask = batch['mask']
+    labels = batch['labels']
+    mask = jnp.broadcast_to(batch['mask'].reshape(batch['mask'].shape + (1,) * (labels.ndim - 1)), labels.shape)
     return {
-        'loss_sum': jnp.sum(losses.cross_entropy(logits, batch['labels']) * mask),
-        'correct_sum': jnp.sum(losses.correct(logits, batch['labels']) * mask),
+        'loss_sum': jnp.sum(losses.cross_entropy(logits, labels) * mask),
+        'correct_sum': jnp.sum(losses.correct(logits, labels) * mask),
         'count': jnp.sum(mask),
     }
 

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from research import sharding
+from research import models, sharding
 
 
 @flax.struct.dataclass
@@ -42,7 +42,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tu
   def init(seed):
     key = jax.random.key_data(jax.random.key(seed))
     params_rng, train_rng = jax.random.split(key)
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    dummy = models.dummy_input(model, input_shape)
     params = model.init({'params': params_rng}, dummy, train=False)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 

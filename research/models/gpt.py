@@ -1,0 +1,219 @@
+"""A GPT-2 decoder-only language model (Radford et al. 2019) with a KV cache for generation.
+
+GPT-2's architecture: learned token and position embeddings, pre-LN blocks (LN -> causal self-attention -> residual,
+LN -> GELU MLP of width 4D -> residual), a final LN, and logits from the token embedding (tied weights). Its
+initialisation: N(0, 0.02) everywhere, the residual output projections N(0, 0.02 / sqrt(2 * layers)), zero biases;
+LayerNorm epsilon 1e-5; GELU's tanh approximation. Parameters map one-to-one onto Hugging Face's GPT2LMHeadModel
+(research/models/hf_gpt2.py loads them; the parity check compares logits).
+
+The attention implementation is chosen per backend (`attention='auto'`): on GPU in bfloat16/float16 cuDNN's fused
+kernel (`jax.nn.dot_product_attention(implementation='cudnn')`); elsewhere the einsum + masked softmax written out
+here, which on XLA:CPU trains faster than `jax.nn.dot_product_attention`'s XLA path (benchmarks/attention.py). All
+implementations compute the same function (tests/gpt_test.py).
+
+Generation (`decode=True`): each attention layer keeps the keys and values of the positions seen so far in the
+'cache' collection ([batch, context, heads, head_dim] each, plus the next write index), so one call can prefill a
+prompt of any length and each later call feeds one token at a fixed shape: one compiled decode step serves every
+position (research/generation.py).
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.layers import logical
+
+ATTENTIONS = ('auto', 'einsum', 'xla', 'cudnn')
+LAYER_NORM_EPS = 1e-5  # GPT-2's (flax's default is 1e-6).
+_ZEROS = nn.initializers.zeros_init()
+
+
+def _normal(std: float) -> nn.initializers.Initializer:
+  return nn.initializers.normal(std)
+
+
+def _layer_norm(name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, scale_init=logical(nn.initializers.ones_init(), 'embed'),
+                      bias_init=logical(_ZEROS, 'embed'), name=name)
+
+
+def resolve_attention(attention: str, dtype) -> str:
+  """The implementation 'auto' picks: cuDNN's fused kernel on GPU in 16-bit floats, else the einsum."""
+  if attention != 'auto':
+    return attention
+  if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return 'cudnn'
+  return 'einsum'
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim) where mask, else -inf) v, the softmax in float32.
+
+  Args:
+    q: [batch, time_q, heads, head_dim].
+    k, v: [batch, time_k, heads, head_dim].
+    mask: [time_q, time_k] bool, True where a query may attend to a key.
+
+  Returns:
+    [batch, time_q, heads, head_dim] in q's dtype.
+  """
+  q = q * jnp.asarray(1 / math.sqrt(q.shape[-1]), q.dtype)
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)  # [batch, heads, time_q, time_k]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str) -> jax.Array:
+  """Causal self-attention over [batch, time, heads, head_dim] by `implementation` (a member of ATTENTIONS)."""
+  implementation = resolve_attention(implementation, q.dtype)
+  if implementation == 'einsum':
+    t = q.shape[1]
+    return einsum_attention(q, k, v, jnp.tril(jnp.ones((t, t), bool)))
+  if implementation in ('xla', 'cudnn'):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+  raise ValueError(f'model.attention ({implementation!r}) must be one of {ATTENTIONS}')
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention with one fused q/k/v projection (GPT-2's c_attn) and a KV cache.
+
+  Attributes:
+    num_heads: attention heads; the width must be divisible by it.
+    context: the longest sequence (the KV cache's length).
+    num_layers: the model's depth (scales the output projection's init).
+    attention: a member of ATTENTIONS (training and prefill-free forward passes; decoding uses the einsum).
+  """
+
+  num_heads: int
+  context: int
+  num_layers: int
+  attention: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, decode: bool) -> jax.Array:
+    """Args: x: [batch, time, D]; decode: attend to the cache and append this call's keys/values to it.
+
+    Returns: [batch, time, D].
+    """
+    b, t, d = x.shape
+    head_dim = d // self.num_heads
+    # Tensor parallel (Megatron): q/k/v split by heads (columns), the output projection by heads (rows).
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), kernel_init=logical(_normal(0.02), 'embed', None, 'heads',
+                                                                              'kv'),
+                          bias_init=logical(_ZEROS, None, 'heads', 'kv'), name='qkv')(x)  # [b, t, 3, heads, hd]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if decode:
+      out = self._cached_attention(q, k, v)
+    else:
+      out = causal_attention(q, k, v, implementation=self.attention)
+    return nn.DenseGeneral(d, axis=(-2, -1), name='out',
+                           kernel_init=logical(_normal(0.02 / math.sqrt(2 * self.num_layers)), 'heads', 'kv',
+                                               'embed'),
+                           bias_init=logical(_ZEROS, 'embed'))(out)
+
+  def _cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Writes k, v at the cache's index, then attends q (positions index.. index + time - 1) to the cache."""
+    b, t, heads, head_dim = q.shape
+    cache_shape = (b, self.context, heads, head_dim)
+    cached_k = self.variable('cache', 'key', jnp.zeros, cache_shape, k.dtype)
+    cached_v = self.variable('cache', 'value', jnp.zeros, cache_shape, v.dtype)
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    if self.is_initializing():  # model.init(..., decode=True) creates the empty cache; it does not fill it.
+      return einsum_attention(q, k, v, jnp.tril(jnp.ones((t, t), bool)))
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, start, 0, 0))
+    index.value = start + t
+    query_pos = start + jnp.arange(t)
+    mask = jnp.arange(self.context)[None, :] <= query_pos[:, None]  # [time, context]: the past and itself.
+    return einsum_attention(q, cached_k.value.astype(q.dtype), cached_v.value.astype(q.dtype), mask)
+
+
+class Block(nn.Module):
+  """x + Attn(LN(x)), then x + MLP(LN(x)) with a GELU MLP of width 4D; dropout on each residual branch."""
+
+  num_heads: int
+  context: int
+  num_layers: int
+  attention: str
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, decode: bool) -> jax.Array:
+    """Args: x: [batch, time, D]; train, decode positional so that nn.remat can mark them static."""
+    d = x.shape[-1]
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    x = x + drop(CausalSelfAttention(self.num_heads, self.context, self.num_layers, self.attention, name='attn')(
+        _layer_norm('ln_1')(x), decode=decode))
+    h = nn.Dense(4 * d, kernel_init=logical(_normal(0.02), 'embed', 'mlp'), bias_init=logical(_ZEROS, 'mlp'),
+                 name='mlp_in')(_layer_norm('ln_2')(x))
+    h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new".
+    return x + drop(nn.Dense(d, kernel_init=logical(_normal(0.02 / math.sqrt(2 * self.num_layers)), 'mlp', 'embed'),
+                             bias_init=logical(_ZEROS, 'embed'), name='mlp_out')(h))
+
+
+class GPT(nn.Module):
+  """GPT-2: tokens [batch, time] -> next-token logits [batch, time, vocab].
+
+  Presets (configs/lm.py; GPT-2 sizes with vocab 50257 and context 1024): gpt2 124M (12 layers, 12 heads, 768),
+  gpt2-medium 355M (24, 16, 1024), gpt2-large 774M (36, 20, 1280), gpt2-xl 1.56B (48, 25, 1600).
+
+  Attributes:
+    num_classes: the vocabulary size (256 for byte-level data, 50257 for GPT-2's BPE).
+    context: the longest sequence (rows of the position table; the KV cache's length).
+    d_model: width D.
+    num_heads: attention heads (D must be divisible by it).
+    num_layers: blocks.
+    dropout_rate: dropout on the embeddings and each residual branch (train only).
+    attention: 'auto' | 'einsum' | 'xla' | 'cudnn' (module docstring).
+    remat: recompute each block's activations in the backward pass instead of storing them.
+  """
+
+  num_classes: int
+  context: int = 1024
+  d_model: int = 768
+  num_heads: int = 12
+  num_layers: int = 12
+  dropout_rate: float = 0.0
+  attention: str = 'auto'
+  remat: bool = False
+
+  input_dtype = jnp.int32  # Token ids (not a field: the dummy input of init uses it).
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
+    """Args:
+      tokens: [batch, time] int token ids, time <= context.
+      train: enables dropout.
+      decode: use and extend the KV cache (the 'cache' collection must be mutable); positions continue from it.
+
+    Returns: [batch, time, num_classes] logits (float32 unless the params were cast).
+    """
+    if self.d_model % self.num_heads:
+      raise ValueError(f'model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads})')
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'model.attention ({self.attention!r}) must be one of {ATTENTIONS}')
+    b, t = tokens.shape
+    if t > self.context:
+      raise ValueError(f'sequence length {t} exceeds model.context ({self.context})')
+    wte = nn.Embed(self.num_classes, self.d_model, embedding_init=logical(_normal(0.02), 'vocab', 'embed'),
+                   name='wte')
+    wpe = self.param('wpe', logical(_normal(0.02), None, 'embed'), (self.context, self.d_model))
+    start = 0
+    if decode:
+      position = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+      start = position.value
+      if self.is_initializing():
+        start = 0
+      else:
+        position.value = start + t
+    x = wte(tokens) + jax.lax.dynamic_slice_in_dim(wpe, start, t).astype(wte.embedding.dtype)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block  # 2, 3: train, decode (0 is self).
+    for i in range(self.num_layers):
+      x = block(self.num_heads, self.context, self.num_layers, self.attention, self.dropout_rate,
+                name=f'h_{i}')(x, train, decode)
+    return wte.attend(_layer_norm('ln_f')(x))  # Tied: logits = x wte^T.
