@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock setup.cfg | cksum | cu
 # Two workers: most end-to-end tests wait on subprocesses, and CI has 2 cores (pytest-xdist is in the lock).
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test venv lock clean
+.PHONY: demo test compare venv lock clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Parity with Hugging Face's GPT-2 (results/gpt2_parity.md): installs the [reference] extra (torch, transformers;
+# never in requirements.lock), CPU-only torch from PyTorch's index where reachable (PyPI's pulls GBs of CUDA libs).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+compare: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 15 torch --index-url $(TORCH_CPU_INDEX) \
+	  || echo "note: $(TORCH_CPU_INDEX) is not reachable; installing torch from the default index" >&2
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[reference]'
+	JAX_PLATFORMS=cpu $(PY) benchmarks/gpt2_parity.py
 
 # Regenerates requirements.lock from setup.cfg's ranges in a scratch venv (run after changing dependencies).
 lock:

@@ -2,7 +2,6 @@
 and a short training run that writes an LM run card."""
 
 import io
-import os
 import tarfile
 
 import conftest  # noqa: F401  (8 CPU devices; must precede jax)

@@ -12,7 +12,6 @@ import math
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from research import models
 
