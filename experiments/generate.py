@@ -18,6 +18,7 @@ the context slides its window (research/generation.py).
 import dataclasses
 import json
 import os
+import statistics
 import sys
 
 from absl import app, flags
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> None:
   t = out.timing
   print(f'---------- {source}: prompt {out.prompt_tokens} tokens, {out.tokens.shape[1]} new tokens x '
         f'{len(samples)} sample(s); prefill {t.prefill_ms:.1f} ms, decode {t.decode_ms_p50:.2f} ms/token p50 '
-        f'{t.decode_ms_p90:.2f} p90; {t.tokens_per_s:,.0f} tokens/s; compile {t.compile_s:.1f} s ({t.device})',
+        f'{t.decode_ms_p90:.2f} p90; {t.tokens_per_s:,.0f} tokens/s; compile {t.compile_s:.1f} s ({t.device})' +
+        (f'; window slid {len(t.refill_ms)}x ({statistics.median(t.refill_ms):.1f} ms each, median)' if t.refill_ms else ''),
         flush=True)
   if _JSON.value:
     record = {'source': source, 'prompt': _PROMPT.value, 'prompt_tokens': out.prompt_tokens,

@@ -90,6 +90,11 @@ def main(argv: list[str]) -> None:
     run = inference.load_run(_WORKDIR.value, step=_STEP.value)
   except ValueError as e:  # RunNotFoundError, or an unreadable config.json.
     cli.usage_error(str(e))
+  from research import models  # pylint: disable=g-import-not-at-top
+  if models.is_language_model(run.config.model.name):
+    cli.usage_error(f'--workdir={_WORKDIR.value} is a language model ({run.config.model.name} on '
+                    f'{run.config.dataset.name}): predict classifies; generate text with python -m '
+                    f'experiments.generate --workdir={_WORKDIR.value} --prompt="..."')
   try:
     inference.prepare_inputs(run, inputs)  # Checked before compiling anything.
   except ValueError as e:

@@ -2,6 +2,10 @@
 and a short training run that writes an LM run card."""
 
 import io
+import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import conftest  # noqa: F401  (8 CPU devices; must precede jax)
@@ -20,6 +24,7 @@ from research.data import text
 from research.models import gpt
 from research.training import loop
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(context=32, d_model=32, num_heads=4, num_layers=2)
 
 
@@ -207,11 +212,18 @@ def test_analytic_flops_match_xla_and_the_6n_count():
   assert per_token == 6 * n + 12 * 2 * 32 * 32
 
 
-@pytest.mark.slow
-def test_training_a_tiny_lm_writes_an_lm_card(corpus, tmp_path):
+@pytest.fixture(scope='module')
+def lm_run(corpus, tmp_path_factory):
+  """(workdir, card) of a 6-step tiny LM run."""
   config = _lm_config(corpus[0])
   validate(config, base.get_base_config())
-  card = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  workdir = str(tmp_path_factory.mktemp('lm') / 'run')
+  return workdir, loop.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_training_a_tiny_lm_writes_an_lm_card(lm_run):
+  _, card = lm_run
   metrics = card['final_metrics']
   assert set(metrics) == {'train_loss', 'eval_loss', 'eval_bits_per_byte', 'eval_perplexity', 'eval_accuracy'}
   assert metrics['eval_loss'] < np.log(256)  # Better than uniform over bytes after 6 steps.
@@ -220,3 +232,21 @@ def test_training_a_tiny_lm_writes_an_lm_card(corpus, tmp_path):
   assert card['throughput']['tokens_per_s'] == pytest.approx(card['throughput']['examples_per_s'] * 16)
   assert card['flops']['train_step']['model_6n'] < card['flops']['train_step']['xla']
   assert card['mfu']['model_6n_value'] is not None
+
+
+@pytest.mark.slow
+def test_generate_from_the_trained_run_and_predict_refuses_it(lm_run, tmp_path):
+  workdir, _ = lm_run
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  run = lambda *args: subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                                     timeout=300)
+  proc = run('experiments.generate', f'--workdir={workdir}', '--prompt=Thou', '--max_new_tokens=40', '--seed=1',
+             f'--json={tmp_path}/out.json')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(tmp_path / 'out.json') as f:
+    out = json.load(f)
+  assert len(out['tokens'][0]) == 40 and out['timing']['refill_ms']  # 4 + 40 > context 32: slid.
+  np.save(tmp_path / 'x.npy', np.zeros((2, 16)))
+  proc = run('experiments.predict', f'--workdir={workdir}', f'--inputs={tmp_path}/x.npy')
+  assert proc.returncode == 2 and 'is a language model' in proc.stderr and 'experiments.generate' in proc.stderr
