@@ -1,7 +1,7 @@
 r"""Runs the compute-scaling study of byte-level GPT models and fits its power laws (research/scaling.py).
 
 Usage:
-  python -m experiments.scaling                       # 15 runs (5 sizes x 3 FLOP budgets), runs/scaling -> results/scaling
+  python -m experiments.scaling                       # 18 runs (6 sizes x 3 FLOP budgets), runs/scaling -> results/scaling
   python -m experiments.scaling --quick --out=/tmp/s --results=/tmp/s/results   # 6 small runs, a minute or two
   python -m experiments.scaling --dry_run             # the plan: runs, steps, FLOPs
 
@@ -41,8 +41,7 @@ def main(argv: list[str]) -> None:
   extra = [f'--config.dataset.data_dir={_DATA_DIR.value}'] if _DATA_DIR.value else []
   trials = [sweep_lib.Trial(p.id, {'size': p.size, 'budget': p.budget}, p.overrides) for p in plan]
   command = 'python -m experiments.scaling ' + shlex.join(sys.argv[1:])
-  record = {'preset': PRESET, 'command': command, 'trials': [{'id': t.id, 'overrides': list(t.overrides)}
-                                                            for t in trials]}
+  record = scaling.study_record(trials, command, preset=PRESET)
   try:
     sweep_lib.check_out(_OUT.value, record)
   except sweep_lib.SweepError as e:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # Model sizes: (layers, width); heads of 32 dims. Context 64 and batch 16: 1024 tokens per step.
-SIZES = {'s1': (2, 32), 's2': (2, 64), 's3': (3, 96), 's4': (4, 128), 's5': (5, 160)}
+SIZES = {'s0': (1, 32), 's1': (2, 32), 's2': (2, 64), 's3': (3, 96), 's4': (4, 128), 's5': (5, 160)}
 BUDGETS = (1e12, 3e12, 1e13)
 QUICK_SIZES = {'q1': (1, 32), 'q2': (2, 32), 'q3': (2, 64)}
 QUICK_BUDGETS = (2e10, 6e10)
@@ -291,6 +291,20 @@ def write_results(results: dict, curves: dict, out: str, *, command: str, versio
     f.write('\n')
   plot(results, curves, paths[2])
   return paths
+
+
+def study_record(trials, command: str, *, preset: str) -> dict:
+  """OUT/sweep.json of the study (research.sweep.check_out's identity keys): a rerun resumes only the same plan; a
+  changed grid needs a new --out.
+
+  Args:
+    trials: research.sweep.Trial per Point (id, overrides).
+    command: the command line, recorded.
+    preset: the config every run starts from.
+  """
+  plan = [{'id': t.id, 'overrides': list(t.overrides)} for t in trials]
+  return {'preset': preset, 'sweep_file': 'research/scaling.py', 'sweep_source': json.dumps(plan), 'overrides': [],
+          'command': command, 'trials': plan}
 
 
 def flops_per_step(point: Point) -> float:

@@ -10,6 +10,7 @@ import pytest
 from configs import base
 from experiments import sweep as sweep_cli
 from research import scaling
+from research import sweep as sweep_lib
 from research.config import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,5 +65,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'experiments.scaling', '--dry_run', f'--out={tmp_path}/runs',
                          f'--results={tmp_path}/results'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert '15 runs' in proc.stdout and 's5_C1e13' in proc.stdout
+  assert '18 runs' in proc.stdout and 's5_C1e13' in proc.stdout
   assert not os.listdir(tmp_path)
+
+
+def test_a_rerun_resumes_the_same_plan_and_refuses_another(tmp_path):
+  trials = lambda quick: [sweep_lib.Trial(p.id, {}, p.overrides) for p in scaling.study_plan(quick=quick)]
+  record = scaling.study_record(trials(True), 'cmd', preset='p')
+  sweep_lib.write_json_atomic(str(tmp_path / 'sweep.json'), record)
+  sweep_lib.check_out(str(tmp_path), scaling.study_record(trials(True), 'cmd', preset='p'))  # Same plan: resumes.
+  with pytest.raises(sweep_lib.SweepError, match='another sweep source'):
+    sweep_lib.check_out(str(tmp_path), scaling.study_record(trials(False), 'cmd', preset='p'))
