@@ -26,6 +26,8 @@ from research.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(context=32, d_model=32, num_heads=4, num_layers=2)
+# Compilation dominates these tests on XLA:CPU: skip LLVM's optimisations (the computation is unchanged).
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 def _works(seed: int = 0, n: int = 3, lines: int = 400) -> dict[str, str]:
@@ -130,7 +132,7 @@ def test_attention_implementations_agree_forward_and_backward():
     logits = model.clone(attention=attention).apply({'params': params}, tokens, train=False)
     return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
 
-  grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1, compiler_options=FAST_COMPILE)
   (_, ref), g_ref = grads(params, 'einsum')
   (_, out), g = grads(params, 'xla')
   np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -144,7 +146,7 @@ def test_causal_positions_do_not_see_the_future():
   model = gpt.GPT(num_classes=256, **TINY)
   params = _params(model, tokens)
   changed = tokens.at[0, 12:].set((tokens[0, 12:] + 1) % 256)
-  forward = jax.jit(lambda t: model.apply({'params': params}, t, train=False))
+  forward = jax.jit(lambda t: model.apply({'params': params}, t, train=False), compiler_options=FAST_COMPILE)
   a, b = forward(tokens), forward(changed)
   np.testing.assert_allclose(a[0, :12], b[0, :12], atol=1e-6)
   assert np.abs(a[0, 12:] - b[0, 12:]).max() > 1e-3
@@ -157,13 +159,13 @@ def test_kv_cache_prefill_and_single_token_steps_equal_the_full_forward():
   cache = model.init(jax.random.key(0), tokens[:, :1], train=False, decode=True)['cache']
   assert all(not np.any(x) for x in jax.tree.leaves(cache))  # init creates an empty cache.
   step = jax.jit(lambda c, t: model.apply({'params': params, 'cache': c}, t, train=False, decode=True,
-                                         mutable=['cache']))
+                                         mutable=['cache']), compiler_options=FAST_COMPILE)
   logits, mutated = step(cache, tokens[:, :8])
   pieces = [logits]
   for i in range(8, 20):
     logits, mutated = step(mutated['cache'], tokens[:, i:i + 1])
     pieces.append(logits)
-  full = jax.jit(lambda t: model.apply({'params': params}, t, train=False))(tokens)
+  full = jax.jit(lambda t: model.apply({'params': params}, t, train=False), compiler_options=FAST_COMPILE)(tokens)
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=1e-5)
 
 

@@ -164,7 +164,7 @@ def card_costs(tracker: Tracker, timers: Timers, *, state, steps: int, session_s
   measured = cost.measured_peak_bytes()
   params = cost.param_stats(state.params)
   timed = session_steps and timers.train_s > 0
-  per_s = lambda per_step: session_steps * per_step / timers.train_s if timed else None
+  per_s = lambda per_step: session_steps * per_step / timers.train_s if timed and per_step is not None else None
   return {
       'restarts': totals['restarts'],
       'params': {'count': params['count'], 'bytes': params['bytes'], 'by_dtype': params['by_dtype'],
