@@ -9,6 +9,8 @@ Overrides after `--` apply to every trial. A trial is `python -m experiments.tra
 --workdir=OUT/trials/<trial_id> [overrides] [swept values]`. Every trial's config is built and validated before
 anything runs. Rerunning the command skips finished trials and resumes the others. Writes OUT/sweep.json,
 OUT/table.md and OUT/summary.json (after each trial), and OUT/logs/; docs/sweeps.md has the details.
+--vectorize trains the trials together as one jax.vmap program instead (research/vectorized.py): they may differ
+only in seed, learning rate, weight decay, L1/L2 and dropout; each still gets its own OUT/trials/<id> and card.
 Exit codes: 0 every trial ran, or a budget or SIGTERM/SIGINT stopped the sweep cleanly; 1 a trial failed (the
 others still ran); 2 bad input (sweep file, config, flags, --out), with nothing written.
 """
@@ -16,6 +18,7 @@ others still ran); 2 bad input (sweep file, config, flags, --out), with nothing 
 import os
 import shlex
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,6 +40,11 @@ _MAX_FLOPS = flags.DEFINE_float('max_flops', 0.0, "Budget: the trials' train FLO
 _MAX_JOULES = flags.DEFINE_float('max_joules', 0.0, "Budget: the trials' energy (energy.joules), summed; 0 = none.")
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the sweep, print the trials and their overrides; run nothing, '
                              'write nothing.')
+_VECTORIZE = flags.DEFINE_bool('vectorize', False, 'Train the trials together as one jax.vmap program on one device '
+                               '(they may differ only in seed, optimizer.learning_rate, optimizer.weight_decay, '
+                               'optimizer.l1/l2, model.dropout_rate); docs/sweeps.md, "Vectorized trials".')
+_GROUP_SIZE = flags.DEFINE_integer('group_size', 0, 'With --vectorize: at most this many trials per program '
+                                   '(0 = all of them in one).')
 
 
 def resolve_config(preset: str, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -141,6 +149,73 @@ def _finish(runner: sweep_lib.Runner, outcome: sweep_lib.Outcome, out: str) -> N
     sys.exit(1)
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _vectorized_trials(trials: list[sweep_lib.Trial], states: dict, configs: dict, out: str) -> list:
+  """The trials --vectorize trains in groups: those not finished and without a checkpoint to resume from (those
+  resume as ordinary trials). Usage error if they cannot be one program (research.vectorized.check_group)."""
+  from research import vectorized  # pylint: disable=g-import-not-at-top  (imports JAX)
+
+  todo = [t for t in trials if states[t.id].status != 'finished']
+  chosen = [t for t in todo if not _has_checkpoints(os.path.join(out, 'trials', t.id))]
+  if chosen:
+    try:
+      vectorized.check_group([configs[t.id] for t in chosen], [t.id for t in chosen])
+    except vectorized.VectorizeError as e:
+      cli.usage_error(str(e))
+  return chosen
+
+
+def _groups(chosen: list) -> list[list]:
+  size = _GROUP_SIZE.value or max(len(chosen), 1)
+  return [chosen[i:i + size] for i in range(0, len(chosen), size)]
+
+
+def _run_groups(runner: sweep_lib.Runner, groups: list[list], configs: dict) -> tuple[int, int]:
+  """Trains each group in this process, recording its trials' cards; returns (trials run, trials failed).
+
+  A signal stops the group under way (nothing written for it: rerun to train it from the start) and sets
+  runner.stop to the signal's name.
+  """
+  from research import vectorized  # pylint: disable=g-import-not-at-top
+
+  numbers = {t.id: n for n, t in enumerate(runner.trials, 1)}
+  write = lambda: sweep_lib.write_summary(runner.out, runner.trials, runner.states, header=runner.header,
+                                          stop=runner.stop_text())
+  started = failed = 0
+  for g, group in enumerate(groups, 1):
+    print(f'Vectorized group {g}/{len(groups)}: {len(group)} trials in one program: '
+          f'{", ".join(t.id for t in group)}', flush=True)
+    for t in group:
+      runner.states[t.id] = sweep_lib.TrialState('running')
+    write()
+    t0 = time.time()
+    try:
+      cards = vectorized.train_group([configs[t.id] for t in group], [runner.workdir(t) for t in group],
+                                     [t.id for t in group])
+    except vectorized.GroupStopped as e:
+      runner.states.update(sweep_lib.initial_states(runner.out, group))
+      runner.stop = e.signal
+      print(f'{e}: the vectorized group stopped without checkpoints (its trials start over on a rerun)', flush=True)
+      write()
+      return started, failed
+    except (vectorized.VectorizeError, *cli.input_errors()) as e:
+      cli.usage_error(str(e))
+    started += len(group)
+    for t, card in zip(group, cards):
+      status = sweep_lib.status_of_card(card)
+      runner.states[t.id] = sweep_lib.TrialState(status, card, 0, card['message'] if status == 'failed' else None)
+      failed += status == 'failed'
+      print(f"[{numbers[t.id]}/{len(runner.trials)}] {t.id} {status}: test_accuracy="
+            f"{card['final_metrics']['test_accuracy']:.3f} (vectorized group of {len(group)}: "
+            f'{time.time() - t0:.1f} s)', flush=True)
+    write()
+  return started, failed
+
+
 def _check_flags() -> sweep_lib.Budget:
   """Usage error on a missing --config/--sweep/--out or a bad --parallel or budget; returns the budget."""
   for name, holder, example in (('config', _CONFIG, 'configs/mnist1d.py:cnn'),
@@ -153,6 +228,12 @@ def _check_flags() -> sweep_lib.Budget:
   for key, value in budget._asdict().items():
     if value < 0:
       cli.usage_error(f'--{key}={value:g}: expected a value >= 0 (0 = no limit)')
+    if value and _VECTORIZE.value:
+      cli.usage_error(f'--{key}={value:g} cannot be combined with --vectorize: a vectorized group trains all its '
+                      'trials to config.steps (a budget would stop one partway); drop one of the two flags')
+  if _GROUP_SIZE.value < 0 or (_GROUP_SIZE.value and not _VECTORIZE.value):
+    cli.usage_error(f'--group_size={_GROUP_SIZE.value}: expected a positive number of trials per program (0 = all), '
+                    'with --vectorize')
   return budget
 
 
@@ -173,6 +254,8 @@ def main(argv: list[str]) -> None:
   # Finished trials are skipped, so only the others are validated (a rerun of a finished sweep does not import JAX).
   states = sweep_lib.initial_states(out, trials)
   configs = _trial_configs([t for t in trials if states[t.id].status != 'finished'], _CONFIG.value, overrides)
+  groups = _groups(_vectorized_trials(trials, states, configs, out)) if _VECTORIZE.value else []
+  vectorized_ids = {t.id for group in groups for t in group}
   runner = sweep_lib.Runner(
       trials, out=out, header={k: record[k] for k in ('command', 'preset', 'sweep_file', 'keys')},
       parallel=_PARALLEL.value, budget=budget,
@@ -183,6 +266,8 @@ def main(argv: list[str]) -> None:
       log=lambda line: print(line, flush=True))
   if _DRY_RUN.value:
     print(sweep_lib.format_dry_run(trials, runner.states, overrides))
+    for g, group in enumerate(groups, 1):
+      print(f'vectorized group {g}/{len(groups)}: {", ".join(t.id for t in group)}')
     return
   os.makedirs(out, exist_ok=True)
   sweep_lib.write_json_atomic(f'{out}/sweep.json', record)
@@ -191,7 +276,16 @@ def main(argv: list[str]) -> None:
   finished = sum(s.status == 'finished' for s in runner.states.values())
   print(f'Sweep {sweep.path} on {_CONFIG.value}: {len(trials)} trials, {finished} already finished -> {out}',
         flush=True)
-  _finish(runner, runner.run(), out)
+  started, failed = _run_groups(runner, groups, configs) if groups else (0, 0)
+  if runner.stop is not None:
+    _finish(runner, sweep_lib.Outcome(runner.stop, started, failed, runner.states, runner.spent()), out)
+    return
+  others = [t.id for t in trials if runner.states[t.id].status != 'finished' and t.id not in vectorized_ids]
+  if groups and others:
+    print(f'{len(others)} trial(s) run as ordinary trials (they resume from their checkpoints): {", ".join(others)}',
+          flush=True)
+  outcome = runner.run(skip=vectorized_ids)
+  _finish(runner, outcome._replace(started=outcome.started + started, failed=outcome.failed + failed), out)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -668,9 +668,13 @@ class Runner:
   def spent(self) -> dict[str, float]:
     return total_cost([s.card for s in self.states.values()])
 
-  def run(self) -> Outcome:
-    """Runs until every trial has run once, the budget is reached, or a signal comes; returns what happened."""
-    todo = [(n, t) for n, t in enumerate(self.trials, 1) if self.states[t.id].status != 'finished']
+  def run(self, skip: Sequence[str] = ()) -> Outcome:
+    """Runs until every trial has run once, the budget is reached, or a signal comes; returns what happened.
+
+    Trials whose ids are in `skip` (run otherwise by this invocation: vectorized groups) are not started.
+    """
+    todo = [(n, t) for n, t in enumerate(self.trials, 1)
+            if self.states[t.id].status != 'finished' and t.id not in skip]
     running: list[_Running] = []
     os.makedirs(os.path.join(self.out, 'logs'), exist_ok=True)
     self._write()
