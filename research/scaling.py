@@ -4,8 +4,9 @@ Each (size, budget) pair is one training run whose length is set so that its tra
 6 N + 12 L T d per token (cost.model_flops_per_token), equal the budget; its learning-rate schedule (warmup + cosine)
 ends at that length, as Hoffmann et al. (2022) show it must for a fair comparison across budgets. For every budget C
 the final validation losses over model sizes are fitted with a parabola in log N (an "IsoFLOP" curve, Hoffmann et al.
-approach 2); its minimum gives the compute-optimal size N_opt(C) and loss L_opt(C). Power laws are then fitted:
-N_opt = k C^a and L_opt = A C^-alpha, and the tokens per parameter at the optimum, D / N = C / (6 N_opt^2).
+approach 2); its minimum gives the compute-optimal size N_opt(C) and loss L_opt(C). Power laws are then fitted over the budgets whose optimum
+lies inside the sizes run: N_opt = k C^a and L_opt = A C^-alpha, and the tokens per parameter at the optimum,
+D / N with D = C / (FLOPs per token at N_opt).
 
 N is the non-embedding parameter count (Kaplan et al. 2020's convention: the token and position tables excluded).
 Published values: Kaplan et al. 2020: N_opt ~ C^0.73, L ~ C^-0.050 (their C_min law); Hoffmann et al. 2022
@@ -146,13 +147,19 @@ def analyse(plan: Sequence[Point], cards: dict[str, dict | None]) -> dict:
     done = [r for r in runs if r['budget'] == budget and r['eval_loss'] is not None]
     isoflops[budget] = fit_isoflop(np.log([r['non_embedding_params'] for r in done]),
                                    np.array([r['eval_loss'] for r in done]))
-  optima = {c: f for c, f in isoflops.items() if f is not None}
+  # Only optima inside the sizes run enter the laws: a parabola's vertex beyond the grid is an extrapolation.
+  optima = {c: f for c, f in isoflops.items() if f is not None and f['inside']}
+  # FLOPs per token at N_opt, interpolated in log-log over the sizes run: at these sizes attention and the embedding
+  # head are a large share of a token's FLOPs, so 6 N alone would overstate the tokens a budget buys.
+  sizes = sorted({(p.non_embedding_params, p.flops_per_token) for p in plan})
+  per_token = lambda n: float(np.exp(np.interp(np.log(n), *np.log(np.array(sizes)).T)))
   return {
       'runs': runs,
       'isoflops': {f'{c:.0e}': f for c, f in isoflops.items()},
       'n_opt_law': fit_power_law(list(optima), [f['n_opt'] for f in optima.values()]),
       'loss_law': fit_power_law(list(optima), [f['loss_opt'] for f in optima.values()]),
-      'tokens_per_param': {f'{c:.0e}': c / (6 * f['n_opt'] ** 2) for c, f in optima.items()},
+      # D / N at the optimum: D = C / (FLOPs per token at N_opt).
+      'tokens_per_param': {f'{c:.0e}': c / per_token(f['n_opt']) / f['n_opt'] for c, f in optima.items()},
       'published': PUBLISHED,
   }
 
@@ -165,29 +172,29 @@ def findings(results: dict) -> str:
   """A paragraph generated from the fits: the exponents beside the published ones, and how far they can speak."""
   n_law, loss_law, tpp = results['n_opt_law'], results['loss_law'], results['tokens_per_param']
   if n_law is None or loss_law is None:
-    return ('Not enough finished runs to fit the power laws (each budget needs 3 sizes with a minimum between '
-            'them, and two budgets are needed for a law).')
+    return ('Not enough finished runs to fit the power laws (each budget needs 3 sizes with a minimum inside '
+            'them, and two such budgets are needed for a law).')
   ratios = ', '.join(f'{v:.0f} at C={c}' for c, v in tpp.items())
   inside = [c for c, f in results['isoflops'].items() if f and f['inside']]
   outside = [c for c, f in results['isoflops'].items() if f and not f['inside']]
-  edge = (f' The optimum at C={", ".join(outside)} lies outside the sizes run: an extrapolation of the parabola.'
-          if outside else '')
+  edge = (f' The fitted optimum at C={", ".join(outside)} lies outside the sizes run (an extrapolation), so that '
+          'budget is left out of the laws.' if outside else '')
   return (
       f'Compute-optimal size grows as N_opt ~ C^{n_law["exponent"]:.2f} (Hoffmann et al. 2022: 0.50; Kaplan et al. '
       f'2020: 0.73) and the optimal loss falls as L_opt ~ C^-{-loss_law["exponent"]:.3f} (Kaplan et al.: 0.050 for '
       f'L(C_min), with an irreducible term folded in here). Tokens per non-embedding parameter at the optimum: '
-      f'{ratios} (Hoffmann et al.: about 20). The fits rest on {len(results["isoflops"])} budgets spanning '
-      f'{_span(results)} of compute and models of {_sizes(results)} non-embedding parameters, trained for minutes on '
+      f'{ratios} (Hoffmann et al.: about 20). The fits rest on {len(inside)} budgets spanning '
+      f'{_span(inside)} of compute and models of {_sizes(results)} non-embedding parameters, trained for minutes on '
       f'a CPU with one learning rate; the published laws span 6+ orders of magnitude up to 10^23 FLOPs. Exponents '
-      f'from a 10x range of compute are uncertain to about +-0.1 or more, small models are dominated by their '
+      f'from a few-fold range of compute are uncertain to +-0.2 or more, small models are dominated by their '
       f'embeddings (excluded from N), and byte-level Shakespeare is not web text, so agreement or disagreement here '
       f'is suggestive, not a test of the published laws.{edge} Budgets with the optimum inside the grid: '
       f'{", ".join(inside) or "none"}.')
 
 
-def _span(results: dict) -> str:
-  budgets = [float(c) for c in results['isoflops']]
-  return f'{max(budgets) / min(budgets):.0f}x'
+def _span(budgets: list[str]) -> str:
+  budgets = [float(c) for c in budgets]
+  return f'{max(budgets) / min(budgets):.3g}x'
 
 
 def _sizes(results: dict) -> str:
@@ -207,12 +214,14 @@ def format_table(results: dict, *, command: str, versions: dict) -> str:
                  f"{r['steps']} | {r['tokens']:,} | {_fmt(r['eval_loss'], '.4f')} | {_fmt(r['wall_s'], '.0f')} | "
                  f"{_fmt(r['joules'], '.3g')}{' (' + r['energy_source'] + ')' if r['energy_source'] else ''} |")
   lines += ['', '## Compute-optimal model per budget (parabola in ln N through each budget\'s runs)', '',
-            '| budget | N_opt | L_opt | tokens/param | optimum inside the grid |', '|---|---|---|---|---|']
+            '| budget | N_opt | L_opt | tokens/param | optimum inside the grid (used by the laws) |',
+            '|---|---|---|---|---|']
   for c, f in results['isoflops'].items():
     if f is None:
       lines.append(f'| {c} | — | — | — | (fewer than 3 runs or no minimum) |')
     else:
-      lines.append(f"| {c} | {f['n_opt']:,.0f} | {f['loss_opt']:.4f} | {results['tokens_per_param'][c]:.1f} | "
+      tokens = _fmt(results['tokens_per_param'].get(c), '.1f')
+      lines.append(f"| {c} | {f['n_opt']:,.0f} | {f['loss_opt']:.4f} | {tokens} | "
                    f"{'yes' if f['inside'] else 'no (extrapolated)'} |")
   n_law, loss_law = results['n_opt_law'], results['loss_law']
   lines += ['', '## Fitted laws vs published', '', '| quantity | this study | Kaplan et al. 2020 | Hoffmann et al. 2022 |',

@@ -35,23 +35,35 @@ def _card(loss):
           'flops': {'total_train': 1.0}, 'energy': {'joules': 2.0, 'source': 'estimate'}}
 
 
+def _synthetic_cards(plan, scale):
+  """Losses parabolic in ln N around N* = scale C^0.5 with the minimum loss 10 C^-0.05 at each budget C."""
+  return {p.id: _card(10 * p.budget ** -0.05 + 0.1 * np.log(p.non_embedding_params / (scale * p.budget ** 0.5)) ** 2)
+          for p in plan}
+
+
 def test_fits_recover_a_known_frontier(tmp_path):
-  # Synthetic losses: for budget C the optimum is at N* = 0.01 C^0.5 with loss 10 C^-0.05, parabolic in ln N.
   plan = scaling.study_plan(quick=False)
-  cards = {}
-  for p in plan:
-    n_star, l_star = 0.01 * p.budget ** 0.5, 10 * p.budget ** -0.05
-    cards[p.id] = _card(l_star + 0.1 * np.log(p.non_embedding_params / n_star) ** 2)
-  results = scaling.analyse(plan, cards)
+  results = scaling.analyse(plan, _synthetic_cards(plan, scale=0.05))  # N* from 50k to 158k: inside the grid.
   assert results['n_opt_law']['exponent'] == pytest.approx(0.5, abs=1e-6)
   assert results['loss_law']['exponent'] == pytest.approx(-0.05, abs=1e-6)
+  sizes = sorted({(p.non_embedding_params, p.flops_per_token) for p in plan})
   for budget, fit in results['isoflops'].items():
-    assert fit['n_opt'] == pytest.approx(0.01 * float(budget) ** 0.5, rel=1e-6)
-    assert results['tokens_per_param'][budget] == pytest.approx(float(budget) / (6 * fit['n_opt'] ** 2))
+    n = fit['n_opt']
+    assert n == pytest.approx(0.05 * float(budget) ** 0.5, rel=1e-6) and fit['inside']
+    (_, f_lo), (_, f_hi) = [s for s in sizes if s[0] <= n][-1], [s for s in sizes if s[0] >= n][0]
+    assert float(budget) / (f_hi * n) <= results['tokens_per_param'][budget] <= float(budget) / (f_lo * n)
   paths = scaling.write_results(results, {}, str(tmp_path), command='cmd', versions={'jax': 'x'})
   table = open(paths[0]).read()
   assert '| N_opt ~ C^a: a | 0.50 | 0.73 | 0.50 |' in table and 'Findings' in table
   assert os.path.getsize(paths[2]) > 10_000  # The plot.
+
+
+def test_an_optimum_beyond_the_sizes_run_is_left_out_of_the_laws():
+  plan = scaling.study_plan(quick=False)
+  results = scaling.analyse(plan, _synthetic_cards(plan, scale=0.01))  # N* = 10k at 1e12: below the smallest size.
+  assert not results['isoflops']['1e+12']['inside'] and '1e+12' not in results['tokens_per_param']
+  assert results['n_opt_law']['exponent'] == pytest.approx(0.5, abs=1e-6)  # From the two budgets inside.
+  assert 'left out of the laws' in scaling.findings(results)
 
 
 def test_unfinished_runs_leave_the_fits_empty_not_wrong():
