@@ -22,14 +22,12 @@ experiments.train read it), and a run card whose costs are its share of the grou
 import dataclasses
 import os
 import time
-import types
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card
 from research import workdir as workdir_lib
@@ -40,7 +38,6 @@ from research.training.train_state import TrainState
 
 # Private pieces of the ordinary run, reused as they are so that a trial computes what its run computes.
 # pylint: disable=protected-access
-_base_optimizer, _NEVER_GIVE_UP = optim._base_optimizer, optim._NEVER_GIVE_UP
 _init_fn, _reduce_metrics = train_state_lib._init_fn, loop._reduce_metrics
 # pylint: enable=protected-access
 
@@ -194,30 +191,12 @@ def _dropout_interceptor(keep_prob: jax.Array) -> Callable:
   return interceptor
 
 
-def make_trial_optimizer(opt_config, *, schedule: optax.Schedule, weight_decay, decay: bool
-                         ) -> optax.GradientTransformation:
-  """optim.make_optimizer's chain with the schedule and weight decay given (traced per-trial values allowed).
-
-  `decay` says whether the chain has the add_decayed_weights step (not adamw, whose decay is its own): always when
-  weight decay differs between the trials (a zero coefficient adds exactly 0), so their states share one
-  structure; trial_state removes it again for a trial whose decay is 0.
-  """
-  parts = []
-  if opt_config.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-  if decay and opt_config.name != 'adamw':
-    parts.append(optax.add_decayed_weights(weight_decay))
-  base_config = types.SimpleNamespace(**{**opt_config.to_dict(), 'weight_decay': weight_decay})
-  parts.append(_base_optimizer(base_config, schedule))
-  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=_NEVER_GIVE_UP)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """What the group's configs decide about its one program."""
   config: Any  # The first trial's config: everything but the varying keys.
   varying: frozenset[str]
-  decay: bool  # The chain has add_decayed_weights (see make_trial_optimizer).
+  decay: bool  # The chain has add_decayed_weights (optim.make_chain's add_decay).
 
   def has(self, key: str) -> bool:
     return key in self.varying
@@ -238,7 +217,7 @@ def _trial_pieces(plan: _Plan, model: nn.Module, h: Hyperparams):
   else:
     schedule = optim.make_schedule(opt, total_steps=plan.config.steps)
   weight_decay = h.weight_decay if plan.has('optimizer.weight_decay') else opt.weight_decay
-  tx = make_trial_optimizer(opt, schedule=schedule, weight_decay=weight_decay, decay=plan.decay)
+  tx = optim.make_chain(opt, schedule=schedule, weight_decay=weight_decay, add_decay=plan.decay)
   penalty = lambda key: _Coefficient(getattr(h, key)) if plan.has(f'optimizer.{key}') else opt[key]
   step = steps_lib.make_train_step(model, tx, schedule, l1=penalty('l1'), l2=penalty('l2'),
                                    compute_dtype=plan.config.compute_dtype,

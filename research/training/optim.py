@@ -33,7 +33,7 @@ def make_schedule(config, *, total_steps: int) -> optax.Schedule:
   raise ValueError(f'optimizer.schedule={config.schedule!r} is not one of {SCHEDULES}')
 
 
-def _base_optimizer(config, schedule: Callable) -> optax.GradientTransformation:
+def _base_optimizer(config, schedule: Callable, weight_decay) -> optax.GradientTransformation:
   name = config.name
   if name == 'sgd':
     return optax.sgd(schedule)
@@ -48,7 +48,7 @@ def _base_optimizer(config, schedule: Callable) -> optax.GradientTransformation:
   if name == 'adamw':
     # Decoupled decay of weight matrices and kernels only (ndim >= 2), not of biases and norm gains: GPT-2's and
     # nanoGPT's practice, and the set losses.weight_penalty penalises.
-    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=weight_decay,
                        mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
   raise ValueError(f'optimizer.name={name!r} is not one of {OPTIMIZERS}')
 
@@ -71,10 +71,27 @@ def make_optimizer(config, *, total_steps: int) -> tuple[optax.GradientTransform
     (optimizer, schedule); the schedule is returned so the step can log the learning rate.
   """
   schedule = make_schedule(config, total_steps=total_steps)
+  return make_chain(config, schedule=schedule), schedule
+
+
+def make_chain(config, *, schedule: optax.Schedule, weight_decay=None,
+               add_decay: bool | None = None) -> optax.GradientTransformation:
+  """make_optimizer's chain with the schedule given; research/vectorized.py passes per-trial values.
+
+  Args:
+    config: the `optimizer` config group.
+    schedule: step -> learning rate.
+    weight_decay: the decay coefficient (a traced per-trial value allowed); None: config.weight_decay.
+    add_decay: whether the chain has the add_decayed_weights step (never for adamw, whose decay is its own);
+      None: when config.weight_decay > 0. A vectorized group forces it so that every trial's state has one
+      structure (a zero coefficient adds exactly 0).
+  """
+  weight_decay = config.weight_decay if weight_decay is None else weight_decay
+  add_decay = config.weight_decay > 0 if add_decay is None else add_decay
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.weight_decay > 0 and config.name != 'adamw':
-    parts.append(optax.add_decayed_weights(config.weight_decay))
-  parts.append(_base_optimizer(config, schedule))
-  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=_NEVER_GIVE_UP), schedule
+  if add_decay and config.name != 'adamw':
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(_base_optimizer(config, schedule, weight_decay))
+  return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=_NEVER_GIVE_UP)
