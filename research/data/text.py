@@ -109,7 +109,10 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = os.path.join(os.fspath(dl_manager.manual_dir), SDIST) if dl_manager.manual_dir else ''
+    try:  # TFDS raises when the manual directory is missing or empty: then the builder downloads.
+      manual = os.path.join(os.fspath(dl_manager.manual_dir), SDIST)
+    except AssertionError:
+      manual = ''
     if manual and os.path.exists(manual):
       works = read_works(manual, sha256=SDIST_SHA256)
     else:
