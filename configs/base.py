@@ -28,6 +28,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'mnist1d'  # One of research.data.DATASETS.
   c.dataset.data_dir = ''  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.dataset.variant = 'standard'  # mnist1d only: 'standard' or 'shuffled' (fixed permutation of positions).
+  # Classifiers: train on the first N examples of the train split (a fixed subset, for small-data and overfitting
+  # studies); 0 = all of them.
+  c.dataset.train_examples = 0
   c.dataset.seq_len = 64  # Language-model datasets only: tokens per training/evaluation sequence (<= model.context).
 
   # Model fields beyond `name` are the model's dataclass fields (research.models); presets set them.

@@ -168,6 +168,10 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   _check_choice('dataset.name', config.dataset.name, data.DATASETS)
   _check_choice('dataset.variant', config.dataset.variant,
                 ('standard', 'shuffled') if config.dataset.name == 'mnist1d' else ('standard',))
+  _check_positive(config, ['dataset.train_examples'], allow_zero=True)
+  if config.dataset.train_examples and data.DATASETS[config.dataset.name].task != 'classify':
+    raise ConfigError('dataset.train_examples', config.dataset.train_examples,
+                      f'0: {config.dataset.name!r} is a language-model corpus (a subset is not defined)')
   _check_positive(config, ['budget.max_seconds', 'budget.max_flops', 'budget.max_joules',
                            'accounting.grid_co2_g_per_kwh'], allow_zero=True)
   _check_positive(config, ['accounting.watts_per_busy_core'])

@@ -24,8 +24,9 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
 class MetricWriter:
   """Writes one JSON object per log point to metrics.jsonl, and the same scalars to TensorBoard.
 
-  Record format: {"step": int, "split": "train" | "eval", "metrics": {name: float}}. TensorBoard tags are
-  `<split>/<name>` (e.g. `train/loss`, `eval/accuracy`).
+  Record format: {"step": int, "split": "train" | "eval", "metrics": {name: float}}; eval records also carry
+  "train_time_s", the run's train seconds up to that step (every session, eval and checkpoints excluded: curves
+  against time). TensorBoard tags are `<split>/<name>` (e.g. `train/loss`, `eval/accuracy`).
   """
 
   def __init__(self, workdir: str, *, resume_step: int = 0):
@@ -35,9 +36,12 @@ class MetricWriter:
     # purge_step hides events written after the checkpoint we resumed from (TensorBoard shows one curve).
     self._tb = tensorboardX.SummaryWriter(workdir, purge_step=resume_step + 1 if resume_step else None)
 
-  def write(self, step: int, split: str, metrics: dict) -> None:
+  def write(self, step: int, split: str, metrics: dict, *, train_time_s: float | None = None) -> None:
     metrics = {k: float(v) for k, v in metrics.items()}
-    self._file.write(json.dumps({'step': int(step), 'split': split, 'metrics': metrics}) + '\n')
+    record = {'step': int(step), 'split': split, 'metrics': metrics}
+    if train_time_s is not None:
+      record['train_time_s'] = round(float(train_time_s), 4)
+    self._file.write(json.dumps(record) + '\n')
     self._file.flush()
     for name, value in metrics.items():
       self._tb.add_scalar(f'{split}/{name}', value, step)
@@ -50,8 +54,8 @@ class MetricWriter:
 class NullWriter:
   """MetricWriter's interface, writing nothing: processes other than 0 of a multi-process run."""
 
-  def write(self, step: int, split: str, metrics: dict) -> None:
-    del step, split, metrics
+  def write(self, step: int, split: str, metrics: dict, *, train_time_s: float | None = None) -> None:
+    del step, split, metrics, train_time_s
 
   def close(self) -> None:
     pass

@@ -74,8 +74,8 @@ def _counts(layers: int, width: int) -> tuple[float, int]:
   model = ml_collections.ConfigDict({'name': 'gpt', 'num_layers': layers, 'd_model': width,
                                      'num_heads': width // HEAD_DIM, 'context': SEQ_LEN})
   per_token = cost.model_flops_per_token(model, seq_len=SEQ_LEN, vocab=VOCAB)
-  # model_flops_per_token's N excludes the position table only; the non-embedding N also excludes the token table.
-  n = round((per_token - 12 * layers * SEQ_LEN * width) / 6) - VOCAB * width
+  # Non-embedding parameters: without the token and position tables.
+  n = cost.param_count(model, (SEQ_LEN,), VOCAB) - (VOCAB + SEQ_LEN) * width
   return per_token, n
 
 

@@ -386,10 +386,11 @@ def _train_steps(group: Group, writers: Sequence, timers: accounting.Timers) -> 
         progress.report(step, {'loss': float(np.mean([m['loss'] for m in last_train]))})
       if step % config.eval_every == 0 or done:
         t0 = time.time()
+        train_time_s = (t0 - t_train - timers.eval_s) / n  # Each trial's share, as its card's times are.
         last_eval = evaluate(group, state.params)
         timers.eval_s += time.time() - t0
         for t in range(n):
-          writers[t].write(step, 'eval', last_eval[t])
+          writers[t].write(step, 'eval', last_eval[t], train_time_s=train_time_s)
       if stop.requested(step) and not done:
         raise GroupStopped(stop.reason, step, config.steps)
     timers.end_train_segment(since=t_train)

@@ -18,6 +18,7 @@ The numbers behind each entry of the run card's cost section:
 from research.cost.analytic import analytic_flops
 from research.cost.analytic import analytic_train_step_flops
 from research.cost.analytic import model_flops_per_token
+from research.cost.analytic import param_count
 from research.cost.analytic import Layer
 from research.cost.analytic import layer_flops
 from research.cost.comm import analytic_comm_bytes
@@ -42,6 +43,6 @@ from research.cost.xla import xla_flops
 
 __all__ = ['EnergyMeter', 'Layer', 'MemoryReading', 'StepCosts', 'analytic_comm_bytes', 'analytic_flops',
            'analytic_train_step_flops', 'batch1_latency_ms', 'call_latency_ms', 'collective_bytes', 'device_peak_bytes',
-           'co2_grams', 'compiled_flops', 'dir_bytes', 'layer_flops', 'measured_peak_bytes', 'mfu', 'model_flops_per_token',
-           'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes', 'reset_peak_rss', 'step_costs',
-           'xla_flops']
+           'co2_grams', 'compiled_flops', 'dir_bytes', 'layer_flops', 'measured_peak_bytes', 'mfu',
+           'model_flops_per_token', 'param_count', 'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes',
+           'reset_peak_rss', 'step_costs', 'xla_flops']

@@ -184,7 +184,7 @@ def model_flops_per_token(model_config: Mapping[str, Any], *, seq_len: int, voca
   softmax and the loss are left out, so this is below the analytic and XLA counts.
   """
   model = models.get_model(model_config, num_classes=vocab)
-  n = _param_count(model_config, (seq_len,), vocab) - model.context * model.d_model
+  n = param_count(model_config, (seq_len,), vocab) - model.context * model.d_model
   return 6.0 * n + 12.0 * model.num_layers * seq_len * model.d_model
 
 
@@ -263,11 +263,12 @@ def analytic_train_step_flops(model_config: Mapping[str, Any], *, input_shape: t
   backward = sum(layer.matmul * (2 if layer.input_grad else 1) + 2 * layer.elementwise for layer in layers)
   outputs = input_shape[0] if models.is_language_model(model_config['name']) else 1  # Predictions per example.
   per_example = forward + backward + LOSS_FLOPS_PER_CLASS * num_classes * outputs
-  return batch_size * per_example + update_flops_per_param * _param_count(model_config, input_shape, num_classes)
+  return batch_size * per_example + update_flops_per_param * param_count(model_config, input_shape, num_classes)
 
 
-def _param_count(model_config, input_shape, num_classes) -> int:
-  """Parameters of the model, from its abstract init (no compile, no arrays)."""
+def param_count(model_config, input_shape: tuple[int, ...], num_classes: int) -> int:
+  """Parameters of the model, from its abstract init (no compile, no arrays); `num_classes` is the vocabulary of a
+  language model."""
   model = models.get_model(model_config, num_classes=num_classes)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), models.dummy_input(model, input_shape), train=False))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))

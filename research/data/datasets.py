@@ -148,7 +148,7 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
   Reading a prepared copy needs neither.
 
   Args:
-    config: the `dataset` config group (fields `name`, `data_dir`, `variant`).
+    config: the `dataset` config group (fields `name`, `data_dir`, `variant`, `train_examples`, `seq_len`).
     data_dir: overrides `config.data_dir`; both empty -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
 
   Returns:
@@ -180,6 +180,12 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
     raise DataUnavailableError(
         f'dataset {config.name!r} in {os.path.join(data_dir, spec.tfds_name)} is unreadable '
         f'({" ".join(str(e).split())[:200]}); {fix}') from e
+  train_examples = config.get('train_examples', 0)
+  if train_examples:
+    if spec.task != 'classify' or train_examples > len(train):
+      raise ValueError(f'dataset.train_examples={train_examples}: expected 0 (all) or at most the {len(train)} '
+                       f'examples of the train split of a classification dataset ({config.name!r})')
+    train = ArraySource(train.inputs[:train_examples], train.labels[:train_examples], spec)
   return Dataset(name=config.name, train=train, test=test, num_classes=spec.num_classes,
                  input_shape=example_shape(config), num_train=len(train), num_test=len(test),
                  task=spec.task)

@@ -218,9 +218,10 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
           break
       if step % config.eval_every == 0 or done:
         t0 = time.time()
+        train_time_s = tracker.ledger.time.get('train_s', 0.0) + t0 - t_train - timers.eval_s - timers.checkpoint_s
         last_eval = session.run_eval(state.params)
         timers.eval_s += time.time() - t0
-        writer.write(step, 'eval', last_eval)
+        writer.write(step, 'eval', last_eval, train_time_s=train_time_s)
       if (step % config.checkpoint_every == 0 or done) and nonfinite.finite_now(step_metrics, step):
         t0 = time.time()
         timers.end_train_segment(since=t_train)
