@@ -103,26 +103,42 @@ def critical_batch_size(rows: list[dict]) -> int | None:
 
 def _findings(plan, rows, target, critical) -> str:
   first, last = rows[0], rows[-1]
-  lr_ratio = last['fastest_lr'] / first['fastest_lr']
-  bs_ratio = last['batch_size'] / first['batch_size']
-  grows = [r['batch_size'] for a, r in zip(rows, rows[1:]) if r['fastest_lr'] > a['fastest_lr']]
+  # Linear scaling: the fastest rate grows in proportion to the batch. On a grid of ~3.2x steps and batches 4x
+  # apart, a rate that grows at least 2x per batch step counts as following it.
+  grows = [r['batch_size'] for a, r in zip(rows, rows[1:]) if r['fastest_lr'] >= 2 * a['fastest_lr']]
+  stalls = [r['batch_size'] for a, r in zip(rows, rows[1:]) if r['fastest_lr'] < 2 * a['fastest_lr']]
+  text = (f"The fastest learning rate (fewest steps to {100 * target:.1f}% test accuracy) goes from "
+          f"{first['fastest_lr']:g} at batch {first['batch_size']} to {last['fastest_lr']:g} at batch "
+          f"{last['batch_size']} ({last['fastest_lr'] / first['fastest_lr']:.3g}x for "
+          f"{last['batch_size'] / first['batch_size']:.0f}x the batch). ")
+  if grows and stalls:
+    text += (f"It grows with the batch (linear scaling holds, within the grid's resolution) at batch sizes {grows} "
+             f"and stops growing at {stalls}. ")
+  elif grows:
+    text += 'It grows with the batch at every step of the grid: linear scaling holds over this range. '
+  else:
+    text += 'It does not grow with the batch anywhere in this range: linear scaling does not hold here. '
+  reached = [r for r in rows if r['min_steps_to_target'] is not None]
+  if critical is not None and len(reached) > 1:
+    steps = ', '.join(f"B={r['batch_size']}: {r['min_steps_to_target']:,} steps ({r['examples_to_target']:,} "
+                      'examples)' for r in reached)
+    if critical == reached[0]['batch_size']:
+      text += (f'Already the step from batch {critical} up falls short of perfect scaling by more than '
+               f'{SCALING_SLACK:g}x: {steps}. ')
+    else:
+      text += (f'Steps to the target fall nearly in proportion up to B = {critical} (within {SCALING_SLACK:g}x of '
+               f'perfect scaling from the smallest batch), the critical batch size here; beyond it a larger batch '
+               f'needs more examples for the same accuracy: {steps}. ')
+  unstable = [r for r in rows if len(r['final_test_accuracy']) > 1
+              and max(r['final_test_accuracy']) - min(r['final_test_accuracy']) > 0.2]
+  for r in unstable:
+    text += (f"At batch {r['batch_size']} the fastest rate ({r['fastest_lr']:g}) is on the edge of stability: its "
+             f"seeds end at {', '.join(common.pct(a) for a in r['final_test_accuracy'])}. ")
   best = max(rows, key=lambda r: r['final_mean'])
-  text = (f"The fastest learning rate grows from {first['fastest_lr']:g} at batch {first['batch_size']} to "
-          f"{last['fastest_lr']:g} at batch {last['batch_size']}: {lr_ratio:.3g}x for {bs_ratio:.0f}x the batch, so "
-          f"linear scaling {'holds roughly' if lr_ratio >= bs_ratio / 4 else 'holds only in part'} "
-          f"(the rate rises at batch sizes {grows or 'none'} and ")
-  flat = [r['batch_size'] for a, r in zip(rows, rows[1:]) if r['fastest_lr'] <= a['fastest_lr']]
-  text += f"stays flat or falls at {flat or 'none'}). "
-  if critical is not None:
-    text += (f"Steps to {100 * target:.1f}% fall with the batch size up to about B = {critical} (within "
-             f"{SCALING_SLACK:g}x of perfect scaling); beyond it a larger batch needs more examples for the same "
-             'accuracy: ' + ', '.join(f"B={r['batch_size']}: {r['min_steps_to_target']} steps, "
-                                       f"{r['examples_to_target']:,} examples" for r in rows
-                                       if r['min_steps_to_target'] is not None) + '. ')
-  text += (f"Best final accuracy: {common.pct(best['final_mean'], best['final_std'])} at batch {best['batch_size']}; "
-           f"throughput rises from {common.num(first['examples_per_s'], '.3g')} to "
-           f"{common.num(last['examples_per_s'], '.3g')} examples/s, so larger batches buy wall time even where they "
-           'no longer buy steps.')
+  text += (f"Best final accuracy: {common.pct(best['final_mean'], best['final_std'])} at batch {best['batch_size']}. "
+           f"Throughput grows from {common.num(first['examples_per_s'], '.3g')} examples/s at batch "
+           f"{first['batch_size']} to {common.num(last['examples_per_s'], '.3g')} at {last['batch_size']}, so a "
+           'larger batch can still save wall time where it no longer saves steps.')
   return text
 
 

@@ -1,5 +1,5 @@
 """Gradient descent in batch and stochastic form: full-batch GD vs mini-batch SGD vs batch size 1, on the MNIST-1D MLP
-with plain SGD, compared at equal epochs (equal train FLOPs) and at an equal wall-clock budget.
+with plain SGD, compared at equal epochs (the same examples seen) and at an equal wall-clock budget.
 
 Per method the learning rate comes from a log grid (trained together as one vectorized program, seed 0, at the
 equal-epoch length); the chosen rate then trains as ordinary runs with fresh seeds, once for the epochs and once
@@ -16,7 +16,7 @@ from research.studies.optimizers import score
 
 # (name, batch size); 4000 is MNIST-1D's whole train split.
 METHODS = (('full batch (GD)', common.MNIST1D_TRAIN), ('mini-batch', 100), ('batch size 1 (SGD)', 1))
-FULL = dict(epochs=10, seconds=30.0, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0), seeds=(1, 2, 3))
+FULL = dict(epochs=10, seconds=30.0, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0), seeds=(1, 2, 3))
 QUICK = dict(epochs=1, seconds=5.0, lrs=(1e-2, 1e-1), seeds=(1,))
 UNBOUNDED_STEPS = 10**7  # Steps of an equal-time run: its budget stops it long before.
 
@@ -51,13 +51,13 @@ def run(ctx: common.Context) -> common.Result:
   _plot(ctx, plan, epoch_runs, time_runs, plot)
   return common.Result(
       title='Gradient descent: full batch vs mini-batch vs batch size 1 (MNIST-1D MLP, plain SGD)',
-      question='Given the same number of epochs (the same train FLOPs), or the same wall-clock time, which form of '
-               'gradient descent trains the better model?',
+      question='Given the same number of epochs (the same examples, about the same FLOPs), or the same wall-clock '
+               'time, which form of gradient descent trains the better model?',
       findings=_findings(plan, rows), sections=_sections(plan, rows), plots=[plot],
       summary={'rows': rows, 'plan': plan},
       notes=[f"Equal epochs: {plan['epochs']} passes over the 4000 training examples for every method (steps = "
-             'epochs x 4000 / batch size), so every method spends the same train FLOPs (each example costs the '
-             'same forward and backward pass).',
+             'epochs x 4000 / batch size): the same forward and backward passes, plus one optimizer update per '
+             'step (the train FLOPs column is XLA\'s count of all of it).',
              f"Equal time: each run stops itself at budget.max_seconds={plan['seconds']:g} of wall-clock time "
              '(compile, evaluation and checkpoint included, as the budget counts them).',
              f"Learning rate per method from {', '.join(f'{lr:g}' for lr in plan['lrs'])} on seed 0 at the "
@@ -97,19 +97,34 @@ def _findings(plan, rows) -> str:
   gd = next(r for r in rows if r['batch_size'] == common.MNIST1D_TRAIN)
   one = next(r for r in rows if r['batch_size'] == 1)
   e, t = by_epochs[0], by_time[0]
+  flops = [r['epochs']['train_flops'] for r in rows]
+  most = max(rows, key=lambda r: r['epochs']['train_flops'])
+  edge = [r['method'] for r in rows if r['lr'] in (plan['lrs'][0], plan['lrs'][-1])]
   return (
-      f"At equal epochs ({plan['epochs']}, the same train FLOPs), {e['method']} wins with "
+      f"At equal epochs ({plan['epochs']}: every method sees the same examples; XLA counts "
+      f"{common.num(min(flops), '.3g')}-{common.num(max(flops), '.3g')} train FLOPs, the most for {most['method']}, "
+      f"which also applies the optimizer update {most['epochs']['steps']:,} times), {e['method']} wins with "
       f"{common.pct(e['epochs']['mean'], e['epochs']['std'])}; full-batch GD takes only {gd['epochs']['steps']} "
       f"steps in that budget and reaches {common.pct(gd['epochs']['mean'], gd['epochs']['std'])}, while batch size 1 "
       f"takes {one['epochs']['steps']:,} steps ({common.pct(one['epochs']['mean'], one['epochs']['std'])}) but "
       f"needs {one['epochs']['train_time_s'] / max(gd['epochs']['train_time_s'], 1e-9):.0f}x GD's train time for "
-      f"the same FLOPs: small batches use the hardware poorly ({common.num(one['time']['examples_per_s'], '.3g')} "
+      f"the same epochs: small batches use the hardware poorly ({common.num(one['time']['examples_per_s'], '.3g')} "
       f"vs {common.num(gd['time']['examples_per_s'], '.3g')} examples/s). Given the same "
       f"{plan['seconds']:g} s instead, {t['method']} wins with {common.pct(t['time']['mean'], t['time']['std'])} "
       f"after {t['time']['epochs']:.0f} epochs; GD gets through {gd['time']['epochs']:.0f} epochs and reaches "
       f"{common.pct(gd['time']['mean'], gd['time']['std'])}, batch size 1 only {one['time']['epochs']:.1f} epochs "
-      f"({common.pct(one['time']['mean'], one['time']['std'])}). Mini-batches are the compromise: many updates per "
-      'epoch and most of the hardware\'s throughput.')
+      f"({common.pct(one['time']['mean'], one['time']['std'])})." + _verdict(e, t)
+      + (f" {', '.join(edge)}: the chosen rate is at an end of the grid, so a better one may lie beyond it."
+         if edge else ''))
+
+
+def _verdict(by_epochs: dict, by_time: dict) -> str:
+  if by_epochs['batch_size'] == by_time['batch_size'] == 100:
+    return (' Mini-batches win both ways: many updates per epoch, and enough examples per step to use most of the '
+            "hardware's throughput.")
+  if by_epochs['batch_size'] == by_time['batch_size']:
+    return f" {by_epochs['method']} wins both ways here."
+  return (f" The answer depends on the budget: {by_epochs['method']} per FLOP, {by_time['method']} per second.")
 
 
 def _sections(plan, rows) -> list[tuple[str, str]]:
@@ -143,14 +158,17 @@ def _plot(ctx, plan, epoch_runs, time_runs, name) -> None:
     common.plot_band(axes[1], xs_t, mean_t, std_t, label=method, color=line.get_color())
     flops_per_step = runs[0].cost('flops', 'total_train') / runs[0].card['steps']
     common.plot_band(axes[2], xs * flops_per_step, mean, std, label=method, color=line.get_color())
+    xs_e, mean_e, _ = common.mean_curve(epoch_runs[method], 'step')  # The equal-epoch runs: the early steps.
+    axes[0].plot(xs_e, mean_e, linestyle='--', color=line.get_color())
+    axes[2].plot(xs_e * flops_per_step, mean_e, linestyle='--', color=line.get_color())
     e_steps = epoch_runs[method][0].card['steps']
     e_mean = np.mean([r.test_accuracy for r in epoch_runs[method]])
     axes[0].plot([e_steps], [e_mean], marker='*', markersize=12, color=line.get_color())
     axes[2].plot([e_steps * flops_per_step], [e_mean], marker='*', markersize=12, color=line.get_color())
   axes[0].set(xscale='log', xlabel='step', ylabel='test accuracy',
-              title=f"vs steps (equal-time runs; ★ = {plan['epochs']} epochs)")
+              title=f"vs steps (solid: {plan['seconds']:g} s runs; dashed, ★: {plan['epochs']} epochs)")
   axes[1].set(xlabel='train time (s)', ylabel='test accuracy', title=f"vs train time ({plan['seconds']:g} s budget)")
-  axes[2].set(xscale='log', xlabel='train FLOPs', ylabel='test accuracy', title='vs train FLOPs (★ = equal epochs)')
+  axes[2].set(xscale='log', xlabel='train FLOPs', ylabel='test accuracy', title='vs train FLOPs (dashed, ★: equal epochs)')
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.set_ylim(0, 1)

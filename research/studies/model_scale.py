@@ -47,17 +47,24 @@ def run(ctx: common.Context) -> common.Result:
                  'train_flops': float(np.mean([r.cost('flops', 'total_train') for r in runs])),
                  'train_time_s': float(np.mean([r.cost('time', 'train_s') for r in runs])),
                  'test_accuracy': acc, 'mean': float(np.mean(acc)), 'std': float(np.std(acc))})
-  # A size in two sweeps (CNN w25 d3) counts once on the frontier.
+  # A size in two sweeps (CNN w25 d3) is one run: one row, one point on the frontier, on both sweeps' lines.
+  families = {}
+  for r in rows:
+    families.setdefault(r['family'], []).append(r)
+  shared = next((r for r in rows if r['label'] == f"cnn_w{plan['depth_width']}_d3"), None)
+  depth_family = f"CNN depth (width {plan['depth_width']})"
+  if shared is not None and depth_family in families:
+    families[depth_family] = sorted(families[depth_family] + [shared], key=lambda r: r['label'])
   front = report.pareto_front([r['train_flops'] for r in rows], [r['mean'] for r in rows], higher_is_better=True)
   for i, r in enumerate(rows):
     r['on_frontier'] = i in front
   plot = 'model_scale.png'
-  _plot(ctx, rows, front, plot)
+  _plot(ctx, rows, families, front, plot)
   return common.Result(
       title='Model scale on MNIST-1D: accuracy against parameters and training FLOPs',
       question='How does test accuracy grow with width and depth, per parameter and per training FLOP, and which '
                'sizes are compute-efficient (no cheaper model is as accurate)?',
-      findings=_findings(rows, front), sections=_sections(rows, plan), plots=[plot],
+      findings=_findings(rows, families, front), sections=_sections(rows, plan), plots=[plot],
       summary={'rows': rows, 'plan': plan, 'frontier': [rows[i]['label'] for i in front]},
       notes=[f"{plan['steps']} steps of batch 100 per size, Adam 1e-2 (the MNIST-1D recipe), seeds "
              f"{', '.join(map(str, plan['seeds']))}; test accuracy is the mean over seeds.",
@@ -67,15 +74,14 @@ def run(ctx: common.Context) -> common.Result:
              '(research.report.pareto_front).'])
 
 
-def _findings(rows, front) -> str:
+def _findings(rows, families, front) -> str:
   parts = []
-  for family in dict.fromkeys(r['family'] for r in rows):
-    mine = [r for r in rows if r['family'] == family]
-    small, big = min(mine, key=lambda r: r['params']), max(mine, key=lambda r: r['params'])
+  for family, mine in families.items():
+    size = (lambda r: r['label'].split('_d')[1]) if family.startswith('CNN depth') else (
+        lambda r: r['label'].split('_w')[1].split('_')[0])
     best = max(mine, key=lambda r: r['mean'])
-    parts.append(f"{family}: {common.pct(small['mean'])} at {small['params']:,} params to "
-                 f"{common.pct(big['mean'])} at {big['params']:,} (best {common.pct(best['mean'], best['std'])}, "
-                 f"{best['label']}).")
+    parts.append(f"{family}: " + ', '.join(f"{size(r)} -> {common.pct(r['mean'])}" for r in mine)
+                 + f" (best {best['label']}, {best['params']:,} params).")
   frontier = [rows[i] for i in front]
   cnn = [r for r in rows if r['label'].startswith('cnn')]
   mlp = [r for r in rows if r['label'].startswith('mlp')]
@@ -103,11 +109,11 @@ def _sections(rows, plan) -> list[tuple[str, str]]:
   return [('Every size, by training FLOPs', body)]
 
 
-def _plot(ctx, rows, front, name) -> None:
+def _plot(ctx, rows, families, front, name) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
   for ax, key, label in ((axes[0], 'params', 'parameters'), (axes[1], 'train_flops', 'training FLOPs')):
-    for family in dict.fromkeys(r['family'] for r in rows):
-      mine = sorted((r for r in rows if r['family'] == family), key=lambda r: r[key])
+    for family, mine in families.items():
+      mine = sorted(mine, key=lambda r: r[key])
       ax.errorbar([r[key] for r in mine], [r['mean'] for r in mine], yerr=[r['std'] for r in mine], marker='o',
                   capsize=3, label=family)
     ax.set(xscale='log', xlabel=label, ylabel='test accuracy', ylim=(0, 1))

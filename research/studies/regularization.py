@@ -20,7 +20,7 @@ METHODS = {
     'L1': ('optimizer.l1', (1e-5, 1e-4, 1e-3, 1e-2), 'adam'),
     'L2': ('optimizer.l2', (1e-4, 1e-3, 1e-2, 1e-1), 'adam'),
     'dropout': ('model.dropout_rate', (0.1, 0.25, 0.5, 0.75), 'adam'),
-    'weight decay (AdamW)': ('optimizer.weight_decay', (1e-2, 1e-1, 0.3, 1.0), 'adamw'),
+    'weight decay (AdamW)': ('optimizer.weight_decay', (0.1, 1.0, 3.0, 10.0), 'adamw'),
 }
 FULL = dict(steps=3000, seeds=(0, 1, 2), strengths=None)
 QUICK = dict(steps=300, seeds=(0,), strengths=2)  # The first two strengths of each method.
@@ -86,10 +86,11 @@ def _findings(rows, plan) -> str:
   none = best.pop('none')
   ranked = sorted(best.values(), key=lambda r: -r['test_mean'])
   top = ranked[0]
-  parts = [f"Without regularization the MLP fits its {TRAIN_EXAMPLES} examples ({common.pct(none['train_mean'])} "
-           f"train accuracy) but reaches {common.pct(none['test_mean'], none['test_std'])} on the test set: a "
+  parts = [f"Without regularization the MLP reaches {common.pct(none['train_mean'])} train accuracy on its "
+           f"{TRAIN_EXAMPLES} examples and {common.pct(none['test_mean'], none['test_std'])} on the test set: a "
            f"{100 * none['gap_mean']:.0f}-point gap."]
-  parts.append(f"{top['method']} at {top['strength']:g} helps most: {common.pct(top['test_mean'], top['test_std'])} "
+  verb = 'helps most' if top['test_mean'] > none['test_mean'] else 'is the best of them but does not help'
+  parts.append(f"{top['method']} at {top['strength']:g} {verb}: {common.pct(top['test_mean'], top['test_std'])} "
                f"({100 * (top['test_mean'] - none['test_mean']):+.1f} points), gap {100 * top['gap_mean']:.0f} "
                'points.')
   others = ', '.join(f"{r['method']} {common.pct(r['test_mean'], r['test_std'])} at {r['strength']:g} "
@@ -99,6 +100,9 @@ def _findings(rows, plan) -> str:
   if too_strong:
     parts.append('Too much hurts: ' + ', '.join(f"{r['method']} {r['strength']:g} "
                                                  f"({common.pct(r['test_mean'])})" for r in too_strong) + '.')
+  edge = [r['method'] for r in ranked if r['strength'] == METHODS[r['method']][1][:plan['strengths']][-1]]
+  if edge:
+    parts.append(f"{', '.join(edge)}: the best strength is the grid's largest, so a stronger setting may do better.")
   if len(plan['seeds']) > 1:
     parts.append(f"Differences smaller than about {100 * 2 * max(r['test_std'] for r in rows):.1f} points (twice the "
                  'largest std over seeds) are within seed noise.')
