@@ -105,6 +105,10 @@ CASES = [
      "'distributed.process_id' = 2: expected an index in [0, 2)"),
     ('batch_larger_than_split', ['--config.batch_size=5000'], "'batch_size' = 5000: expected at most the 4000"),
     ('eval_batch_larger_than_split', ['--config.eval_batch_size=1001'], "'eval_batch_size' = 1001: expected at most"),
+    ('negative_train_examples', ['--config.dataset.train_examples=-5'], "'dataset.train_examples' = -5: expected a "
+     'value >= 0'),
+    ('train_examples_beyond_split', ['--config.dataset.train_examples=5000'],
+     "'dataset.train_examples' = 5000: expected 0 (all) or at most the 4000 examples"),
     ('unknown_flag', ['--wrokdir=x'], 'wrokdir'),
     ('positional_argument', ['extra'], "unexpected arguments: ['extra']"),
     ('dataset_byte_flipped', ['DATA:flip'], 'is unreadable (Corrupted'),

@@ -11,3 +11,21 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
                            + CPU_COLLECTIVE_PATIENCE).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def pytest_collection_modifyitems(items):
+  """Longest tests first (marked `long`): with two xdist workers, a long test collected last would otherwise run
+  alone at the end while the other worker idles."""
+  items.sort(key=lambda item: (item.get_closest_marker('long') is None, _LONG_ORDER.get(item.name, 0)))
+
+
+# Among the long tests: the longest first, and the two multi-process tests (4 training processes between them)
+# apart, so that they do not run at the same time on 2 cores. Any other `long` test goes first of all (0).
+_LONG_ORDER = {name: i for i, name in enumerate([
+    'test_all_quick_studies_write_their_tables_plots_and_summaries',
+    'test_five_sigkills_at_random_points_resume_to_the_same_final_state',
+    'test_two_processes_train_checkpoint_are_killed_and_resume',
+    'test_quick_pipeline_writes_table_summary_and_plot',
+    'test_grid_sweep_runs_in_parallel_writes_the_table_and_a_rerun_starts_nothing',
+    'test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint_also_during_startup',
+], start=1)}

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from research import data
+from research.config import ConfigError
 from research.data import datasets
 
 
@@ -196,6 +197,18 @@ def test_catalog_datasets_load_from_mocked_tfds(name, shape):
   assert batch['labels'].shape == (32,) and batch['labels'].dtype == np.int32
   eval_shapes = [b['inputs'].shape for b in data.eval_batches(ds, 'test', batch_size=100)]
   assert eval_shapes == [(100, *shape)] * 2
+
+
+def test_train_examples_keeps_the_first_n_training_examples(data_dir, mnist1d_standard):
+  config = _config(variant='standard')
+  config.train_examples = 300
+  small = data.load_dataset(config, data_dir=data_dir)
+  assert small.num_train == 300 and small.num_test == mnist1d_standard.num_test
+  np.testing.assert_array_equal(small.train[np.arange(300)]['inputs'],
+                                mnist1d_standard.train[np.arange(300)]['inputs'])
+  config.train_examples = mnist1d_standard.num_train + 1
+  with pytest.raises(ConfigError, match="'dataset.train_examples' = 4001: expected 0 .all. or at most the 4000"):
+    data.load_dataset(config, data_dir=data_dir)
 
 
 def test_unknown_name_or_variant_raises_with_allowed_values():

@@ -118,6 +118,7 @@ def _assert_scale_out(card: dict) -> None:
   assert card['environment']['process_count'] == PROCESSES and card['environment']['device_count'] == 4
 
 
+@pytest.mark.long
 def test_two_processes_train_checkpoint_are_killed_and_resume(tmp_path, env):
   workdir = tmp_path / 'run'
   first = _Run(workdir, tmp_path / 'first', env, '--config.steps=3000', '--config.checkpoint_every=100')
@@ -154,6 +155,7 @@ def test_two_processes_train_checkpoint_are_killed_and_resume(tmp_path, env):
   assert set(os.listdir(workdir)) - set(events) == {'checkpoints', 'config.json', 'metrics.jsonl', 'run_card.json'}
 
 
+@pytest.mark.long
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint_also_during_startup(tmp_path, env):
   workdir = tmp_path / 'run'
   run = _Run(workdir, tmp_path / 'logs', env, '--config.steps=3000', '--config.checkpoint_every=100')

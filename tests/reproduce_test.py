@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ['logreg', 'mlp', 'cnn', 'gru', 'lstm', 'transformer']
 
@@ -16,6 +18,7 @@ def _run(args, tmp_path):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.long
 def test_quick_pipeline_writes_table_summary_and_plot(tmp_path):
   out = tmp_path / 'out'
   proc = _run(['mnist1d', '--quick', '--steps=20', f'--out={out}'], tmp_path)

@@ -36,6 +36,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.long
 def test_all_quick_studies_write_their_tables_plots_and_summaries(tmp_path):
   """`all --quick` with 8 steps per run: every study writes table.md (question, generated findings, its tables, the
   command), summary.json and a PNG; a rerun trains nothing and writes the same findings."""

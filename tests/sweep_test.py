@@ -58,6 +58,7 @@ def _cards(out) -> dict[str, tuple[bytes, int]]:
           for name in sorted(os.listdir(trials)) if (trials / name / 'run_card.json').exists()}
 
 
+@pytest.mark.long
 def test_grid_sweep_runs_in_parallel_writes_the_table_and_a_rerun_starts_nothing(tmp_path, env):
   sweep_file = _sweep_file(tmp_path, "{'grid': {'optimizer.learning_rate': [0.003, 0.01, 0.03]}}")
   out = tmp_path / 'out'

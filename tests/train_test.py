@@ -57,6 +57,9 @@ def test_train_writes_every_output(tmp_path, env):
     assert json.load(f)['model']['name'] == 'mlp'
   assert _metric_steps(workdir, 'train') == [10, 20, 30, 40, 50, 60]
   assert _metric_steps(workdir, 'eval') == [20, 40, 60]
+  with open(workdir / 'metrics.jsonl') as f:  # Eval records carry the train seconds so far (curves vs time).
+    times = [r['train_time_s'] for r in map(json.loads, f) if r['split'] == 'eval']
+  assert 0 < times[0] < times[1] < times[2] <= _card(workdir)['time']['train_s'] + 1e-3
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['30', '60']
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
   assert 'test_accuracy=' in proc.stdout.splitlines()[-2]  # The final summary: results, then costs.
@@ -102,6 +105,7 @@ def _wait_for_checkpoint(workdir, proc, *, after=-1, timeout=120):
 LONG = ('--config.steps=2500', '--config.checkpoint_every=250', '--config.eval_every=500', '--config.log_every=50')
 
 
+@pytest.mark.long
 def test_five_sigkills_at_random_points_resume_to_the_same_final_state(tmp_path, env):
   reference = tmp_path / 'reference'
   assert _run(_cmd(reference, *LONG, preset='cnn'), env).returncode == 0

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.config import ConfigError
 from research.data import mnist1d, text
 
 
@@ -156,6 +157,7 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
 
   Raises:
     ValueError: unknown `config.name`, or a `config.variant` the dataset does not have.
+    ConfigError: `config.train_examples` beyond the train split (or set for a language-model corpus).
     DataUnavailableError: the dataset is not prepared and cannot be here, or its files are missing or corrupt.
   """
   if config.name not in DATASETS:
@@ -183,8 +185,9 @@ def load_dataset(config: ml_collections.ConfigDict, *, data_dir: str | None = No
   train_examples = config.get('train_examples', 0)
   if train_examples:
     if spec.task != 'classify' or train_examples > len(train):
-      raise ValueError(f'dataset.train_examples={train_examples}: expected 0 (all) or at most the {len(train)} '
-                       f'examples of the train split of a classification dataset ({config.name!r})')
+      raise ConfigError('dataset.train_examples', train_examples,
+                        f'0 (all) or at most the {len(train)} examples of the train split of a classification '
+                        f'dataset ({config.name!r})')
     train = ArraySource(train.inputs[:train_examples], train.labels[:train_examples], spec)
   return Dataset(name=config.name, train=train, test=test, num_classes=spec.num_classes,
                  input_shape=example_shape(config), num_train=len(train), num_test=len(test),
