@@ -92,4 +92,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.accounting.watts_per_busy_core = 5.0  # The estimate's power per busy CPU core (~ server CPU TDP / cores).
   # Grid carbon intensity for co2_g: 2023 world average, Ember "Global Electricity Review 2024" (480 gCO2/kWh).
   c.accounting.grid_co2_g_per_kwh = 480.0
+
+  # Compression while training (research/compression; python -m experiments.compress sets these for you). All off
+  # by default.
+  c.compression = ml_collections.ConfigDict()
+  # Start from these params instead of a random init (fine-tuning): a trained run's workdir (its latest checkpoint)
+  # or a .safetensors file written by research.compression.storage. The optimizer state starts fresh.
+  c.compression.init_from = ''
+  # Quantization-aware training: weights (ndim >= 2) fake-quantized per output channel to this many bits in every
+  # forward pass, train and eval, with a straight-through gradient. 0 = off; 2..8.
+  c.compression.qat_bits = 0
+  # Magnitude pruning (Zhu & Gupta 2017): this fraction of the weights (ndim >= 2) is zeroed and kept at zero.
+  c.compression.sparsity = 0.0
+  c.compression.prune_scope = 'global'  # global (one threshold over all weights) | layer (the fraction per weight).
+  c.compression.prune_start = 0  # Step of the first mask.
+  # Step where the sparsity reaches its target, ramping as s (1 - (1 - t)^3); <= prune_start: one shot.
+  c.compression.prune_end = 0
+  c.compression.prune_every = 50  # Steps between mask updates on the ramp.
+  # Knowledge distillation (Hinton et al. 2015) from a trained classifier or language model's workdir: the objective
+  # is distill_weight * T^2 * KL(teacher_T || student_T) + (1 - distill_weight) * cross-entropy. '' = off.
+  c.compression.teacher = ''
+  c.compression.temperature = 4.0  # T: both logits divided by it in the KL term.
+  c.compression.distill_weight = 0.9
   return c

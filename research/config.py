@@ -4,6 +4,7 @@ Runs before any work starts (nothing is written to the workdir for a bad config)
 (configs/base.py, passed in as `schema`), plus each model's dataclass fields for the `model` group.
 """
 
+import os
 from typing import Any
 
 import ml_collections
@@ -146,6 +147,25 @@ def _check_scale_out(config: ml_collections.ConfigDict) -> None:
   check_distributed(config.distributed)
 
 
+def _check_compression(config: ml_collections.ConfigDict) -> None:
+  """The `compression` group (research/compression); the workdirs it names are read when training starts."""
+  comp = config.compression
+  if comp.qat_bits and not 2 <= comp.qat_bits <= 8:
+    raise ConfigError('compression.qat_bits', comp.qat_bits, '0 (off) or a bit width in [2, 8]')
+  if not 0.0 <= comp.sparsity < 1.0:
+    raise ConfigError('compression.sparsity', comp.sparsity, 'a fraction in [0, 1)')
+  _check_choice('compression.prune_scope', comp.prune_scope, ('global', 'layer'))
+  _check_positive(config, ['compression.prune_start', 'compression.prune_end'], allow_zero=True)
+  _check_positive(config, ['compression.prune_every', 'compression.temperature'])
+  if not 0.0 <= comp.distill_weight <= 1.0:
+    raise ConfigError('compression.distill_weight', comp.distill_weight, 'a value in [0, 1]')
+  for key in ('init_from', 'teacher'):
+    path = comp[key]
+    if path and not os.path.exists(path):
+      raise ConfigError(f'compression.{key}', path, 'a trained run\'s workdir or a .safetensors file that exists'
+                        if key == 'init_from' else 'a trained run\'s workdir that exists')
+
+
 def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict) -> None:
   """Checks a resolved config; raises ConfigError on the first problem.
 
@@ -187,5 +207,6 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   if config.optimizer.decay_every <= 0:
     raise ConfigError('optimizer.decay_every', config.optimizer.decay_every, 'a value > 0')
   _check_scale_out(config)
+  _check_compression(config)
   _check_model(config.model)
   _check_model_builds(config.model, config.dataset)

@@ -29,6 +29,8 @@ from research.config import ConfigError
 from research.training import loop
 
 SPLITS = ('test', 'train')
+# A compressed model's params in a workdir without checkpoints (research/compression/storage.py, experiments.compress).
+COMPRESSED_FILE = 'model.safetensors'
 
 
 class RunNotFoundError(ValueError):
@@ -129,7 +131,8 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   """Restores the model of a training run from its checkpoint.
 
   Args:
-    workdir: a directory written by experiments.train (config.json, checkpoints/).
+    workdir: a directory written by experiments.train (config.json, checkpoints/), or by experiments.compress
+      (config.json, model.safetensors: int8, sparse or smaller dense params, decoded to float32 here).
     step: the checkpoint to restore; None: the latest.
 
   Returns:
@@ -145,6 +148,9 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   config = _read_config(workdir)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   available = _checkpoint_steps(ckpt_dir)
+  compressed = os.path.join(workdir, COMPRESSED_FILE)
+  if not available and os.path.isfile(compressed):
+    return _load_compressed(workdir, config, compressed)
   if not available:
     raise RunNotFoundError(f'no checkpoint in {ckpt_dir}: the run saved none yet (rerun its experiments.train '
                            'command to finish it; checkpoints are written every config.checkpoint_every steps)')
@@ -171,6 +177,23 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
              num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
 
 
+def _load_compressed(workdir: str, config: ml_collections.ConfigDict, path: str) -> Run:
+  """A model written by experiments.compress: config.json + one compact params file, decoded to float32."""
+  from research.compression import storage  # pylint: disable=g-import-not-at-top
+  spec = data.DATASETS[config.dataset.name]
+  mesh = _make_mesh(config)
+  input_shape = data.example_shape(config.dataset)
+  model, _, _, template = loop.create_model_and_state(
+      config, num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh, abstract=True)
+  params, _, metadata = storage.load(path)
+  shapes = jax.tree.map(lambda x: tuple(x.shape), template.params)
+  if jax.tree.map(lambda x: tuple(np.shape(x)), params) != shapes:
+    raise RunNotFoundError(f'{path} does not hold params of the model in {workdir}/config.json')
+  params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, template.params)
+  return Run(workdir=workdir, config=config, model=model, params=params, step=int(metadata.get('step', 0)),
+             num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
+
+
 def evaluate(run: Run, split: str = 'test', *, data_dir: str | None = None) -> dict:
   """Mean loss and accuracy of the run's model over one full pass of `split`, as the training loop computes them.
 
@@ -188,7 +211,8 @@ def evaluate(run: Run, split: str = 'test', *, data_dir: str | None = None) -> d
   if split not in SPLITS:
     raise ValueError(f'split {split!r} must be one of {list(SPLITS)}')
   dataset = data.load_dataset(run.config.dataset, data_dir=data_dir)
-  eval_step = loop.make_jit_eval_step(run.model, run.mesh, run.params, compute_dtype=run.config.compute_dtype)
+  eval_step = loop.make_jit_eval_step(run.model, run.mesh, run.params, compute_dtype=run.config.compute_dtype,
+                                      qat_bits=run.config.compression.qat_bits)
   metrics = loop.evaluate(eval_step, run.params, dataset, split, batch_size=run.config.eval_batch_size,
                           mesh=run.mesh)
   return {**metrics, 'num_examples': dataset.num_test if split == 'test' else dataset.num_train}

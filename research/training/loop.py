@@ -14,6 +14,7 @@ import optax
 
 from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card, sharding
 from research import workdir as workdir_lib
+from research.compression import pruning, sources
 from research.config import ConfigError
 from research.training import accounting, losses, nonfinite, optim, steps as steps_lib
 from research.training.preemption import StopRequest
@@ -47,15 +48,18 @@ def create_model_and_state(config, *, num_classes: int, input_shape: tuple[int, 
   """
   model = models.get_model(config.model, num_classes=num_classes)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.steps)
+  prune = pruning.from_config(config.compression)
+  if prune is not None:
+    tx = optax.chain(tx, prune)  # Last: it rewrites the final update so that pruned weights stay zero.
   make = abstract_train_state if abstract else functools.partial(create_train_state, seed=config.seed)
   state = make(model, tx, input_shape=input_shape, mesh=mesh, rules=config.mesh.rules)
   return ModelAndState(model, tx, schedule, state)
 
 
-def make_jit_eval_step(model: nn.Module, mesh, params, *, compute_dtype: str = 'float32'):
+def make_jit_eval_step(model: nn.Module, mesh, params, *, compute_dtype: str = 'float32', qat_bits: int = 0):
   """The eval step jit-compiled with the params' shardings (of `params`: arrays or ShapeDtypeStructs) and the
   batch split over data x fsdp."""
-  return jax.jit(steps_lib.make_eval_step(model, compute_dtype=compute_dtype),
+  return jax.jit(steps_lib.make_eval_step(model, compute_dtype=compute_dtype, qat_bits=qat_bits),
                  in_shardings=(shardings_of(params), sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
 
@@ -99,12 +103,15 @@ def _reduce_metrics(pending: list[dict]) -> dict:
 
 
 def make_jit_train_step(config, model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh,
-                        state: TrainState):
+                        state: TrainState, *, teacher: steps_lib.Teacher | None = None):
   """The train step of `config` jit-compiled with explicit shardings: the state's own (`state`: arrays or
-  ShapeDtypeStructs) in and out, donated; the batch split over data x fsdp; metrics replicated."""
+  ShapeDtypeStructs) in and out, donated; the batch split over data x fsdp; metrics replicated. `teacher`: the
+  distillation teacher already loaded (else it is loaded from config.compression.teacher, if set)."""
+  teacher = teacher or sources.teacher(config.compression)
   state_shardings = shardings_of(state)
   step = steps_lib.make_train_step(model, tx, schedule, l1=config.optimizer.l1, l2=config.optimizer.l2,
-                                   compute_dtype=config.compute_dtype, accumulate_steps=config.accumulate_steps)
+                                   compute_dtype=config.compute_dtype, accumulate_steps=config.accumulate_steps,
+                                   qat_bits=config.compression.qat_bits, teacher=teacher)
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -288,6 +295,10 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   changes = workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
   mesh, dataset, (model, tx, schedule, state) = _build(config)
   train_iter = _train_iterator(config, dataset)
+  # Compression sources are read now, so that a bad teacher or init_from fails before anything is written.
+  teacher = sources.teacher(config.compression)
+  init_params = (sources.init_params(config.compression.init_from, state.params)
+                 if config.compression.init_from else None)
 
   os.makedirs(workdir, exist_ok=True)  # Only now: bad input fails the checks above and writes nothing.
   if changes:
@@ -295,11 +306,14 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   state, ledger = _resume(ckpt, state, train_iter, changes=changes)
   start_step = int(state.step)
+  if start_step == 0 and init_params is not None:  # Fine-tuning; a resumed run has its own params.
+    state = state.replace(params=init_params)
   lead = jax.process_index() == 0  # Only process 0 writes the config, logs and card; every process checkpoints.
   if lead:
     _write_config(workdir, config)
   t0 = time.time()
-  train_step, eval_step, step_figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh)
+  train_step, eval_step, step_figures = _compile_steps(config, model, tx, schedule, state, dataset, mesh,
+                                                       teacher=teacher)
   timers = accounting.Timers(compile_s=time.time() - t0)
   run_eval = lambda params: evaluate(eval_step, params, dataset, 'test', batch_size=config.eval_batch_size, mesh=mesh,
                                      max_examples=config.eval_examples)
@@ -332,18 +346,20 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   return card
 
 
-def _compile_steps(config, model, tx, schedule, state: TrainState, dataset: data.Dataset, mesh):
+def _compile_steps(config, model, tx, schedule, state: TrainState, dataset: data.Dataset, mesh, *,
+                   teacher: steps_lib.Teacher | None = None):
   """Compiles the train and eval steps ahead of time and reads their FLOPs and memory from XLA.
 
   Returns:
     (train_step, eval_step, accounting.StepCost): the compiled executables, called like the jitted functions.
   """
-  train_step = make_jit_train_step(config, model, tx, schedule, mesh, state)
+  train_step = make_jit_train_step(config, model, tx, schedule, mesh, state, teacher=teacher)
   example = dataset.train[np.arange(config.batch_size)]
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
                   for k, v in example.items()}
   eval_batch = next(iter(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)))
-  eval_step = make_jit_eval_step(model, mesh, state.params, compute_dtype=config.compute_dtype)
+  eval_step = make_jit_eval_step(model, mesh, state.params, compute_dtype=config.compute_dtype,
+                                 qat_bits=config.compression.qat_bits)
   costs = cost.step_costs(train_step, state, batch_shapes, eval_step=eval_step, params=state.params,
                           eval_batch=sharding.put_global_batch(eval_batch, mesh))
   figures = accounting.step_cost(config, costs, input_shape=dataset.input_shape, num_classes=dataset.num_classes)

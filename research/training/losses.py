@@ -1,4 +1,4 @@
-"""Losses and per-example (per-token for language models) metrics, and L1/L2 weight penalties."""
+"""Losses and per-example (per-token for language models) metrics, L1/L2 weight penalties, and distillation."""
 
 import math
 
@@ -23,6 +23,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """[...] 1.0 where argmax(logits) == label, else 0.0."""
   return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+  """T^2 KL(softmax(teacher / T) || softmax(student / T)) per example (Hinton et al. 2015).
+
+  The T^2 keeps the soft term's gradient on the scale of the hard cross-entropy's as T changes.
+
+  Args:
+    student_logits: [..., num_classes].
+    teacher_logits: [..., num_classes], treated as constants.
+    temperature: T > 0.
+
+  Returns:
+    [...] in nats.
+  """
+  targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
+  log_predictions = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  return temperature ** 2 * optax.kl_divergence(log_predictions, targets)
 
 
 def language_model_metrics(loss: float) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Pure, jit-able per-batch steps: `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch)`."""
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,9 +28,24 @@ def microbatched(batch: dict, k: int) -> dict:
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
 
 
+def forward_params(params, qat_bits: int):
+  """The params a forward pass sees: fake-quantized weights (straight-through gradient) under QAT, else as is."""
+  if not qat_bits:
+    return params
+  from research.compression import quantize  # pylint: disable=g-import-not-at-top  (only QAT runs need it)
+  return quantize.fake_quant_params(params, bits=qat_bits)
+
+
+class Teacher(NamedTuple):
+  """Distillation: logits(inputs) -> the teacher's logits (its params closed over), and the loss's settings."""
+  logits: Callable
+  temperature: float
+  weight: float  # alpha: objective = alpha * T^2 KL + (1 - alpha) * cross-entropy.
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     l1: float = 0.0, l2: float = 0.0, compute_dtype: str = 'float32',
-                    accumulate_steps: int = 1) -> Callable:
+                    accumulate_steps: int = 1, qat_bits: int = 0, teacher: Teacher | None = None) -> Callable:
   """Returns a pure train step (jit it with donated state).
 
   Args:
@@ -45,6 +60,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     accumulate_steps: k > 1 splits the batch into k microbatches (`microbatched`) run one after another in a
       `lax.scan`, their gradients averaged: the same update as the whole batch at 1/k of the activation memory.
       Dropout draws fold_in(step rng, i) in microbatch i.
+    qat_bits: > 0: quantization-aware training, the forward pass sees `forward_params(params, qat_bits)`.
+    teacher: distillation from the teacher's logits on the same batch; the logged loss stays the hard
+      cross-entropy (comparable across runs), the objective adds the soft term.
 
   Returns:
     train_step(state, batch) -> (new_state, metrics) where batch = {"inputs": [B, ...], "labels": [B] or [B, T]}
@@ -59,11 +77,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """Gradient of the mean objective over `batch`, its mean data loss and its number of correct predictions."""
 
     def objective(params):
-      logits = model.apply({'params': cast_floats(params, dtype)}, cast_floats(batch['inputs'], dtype), train=True,
-                           rngs={'dropout': rng}).astype(jnp.float32)
+      logits = model.apply({'params': cast_floats(forward_params(params, qat_bits), dtype)},
+                           cast_floats(batch['inputs'], dtype), train=True, rngs={'dropout': rng}).astype(jnp.float32)
       loss = jnp.mean(losses.cross_entropy(logits, batch['labels']))
       correct = jnp.sum(losses.correct(logits, batch['labels']))
-      return loss + losses.weight_penalty(params, l1=l1, l2=l2), (loss, correct)
+      total = loss
+      if teacher is not None:
+        soft = jnp.mean(losses.distillation_kl(logits, teacher.logits(batch['inputs']), teacher.temperature))
+        total = teacher.weight * soft + (1.0 - teacher.weight) * loss
+      return total + losses.weight_penalty(params, l1=l1, l2=l2), (loss, correct)
 
     grads, (loss, correct) = jax.grad(objective, has_aux=True)(params)
     return grads, loss, correct
@@ -103,14 +125,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   return train_step
 
 
-def make_eval_step(model: nn.Module, *, compute_dtype: str = 'float32') -> Callable:
+def make_eval_step(model: nn.Module, *, compute_dtype: str = 'float32', qat_bits: int = 0) -> Callable:
   """Returns eval_step(params, batch) -> sums {loss_sum, correct_sum, count} over the real (mask=1) rows: per
-  example for a classifier, per token for a language model (labels [B, T])."""
+  example for a classifier, per token for a language model (labels [B, T]). qat_bits > 0 evaluates the
+  fake-quantized weights, which equal the int8 model's (research/compression/quantize.py)."""
   dtype = COMPUTE_DTYPES[compute_dtype]
 
   def eval_step(params, batch: dict) -> dict:
-    logits = model.apply({'params': cast_floats(params, dtype)}, cast_floats(batch['inputs'], dtype),
-                         train=False).astype(jnp.float32)
+    logits = model.apply({'params': cast_floats(forward_params(params, qat_bits), dtype)},
+                         cast_floats(batch['inputs'], dtype), train=False).astype(jnp.float32)
     labels = batch['labels']
     mask = jnp.broadcast_to(batch['mask'].reshape(batch['mask'].shape + (1,) * (labels.ndim - 1)), labels.shape)
     return {

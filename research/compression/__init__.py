@@ -1,0 +1,1 @@
+"""Model compression: quantization, pruning, distillation, compact storage."""

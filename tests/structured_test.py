@@ -1,0 +1,167 @@
+"""Tests of research/compression/structured.py: structured pruning to a smaller dense model, on real models.
+
+The key check: the shrunk model computes exactly what the original does with the pruned units zeroed, which
+pins down every slice (a conv's input channels, the CNN head's position-major rows, the residual MLP's shared
+units). Small non-uniform widths and PyTorch's init (non-zero biases) keep it fast and make wrong slices show.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from research import models
+from research.compression import structured
+from research.cost import analytic
+
+INPUT_SHAPE, NUM_CLASSES = (40,), 10
+CNN = {'name': 'cnn', 'channels': (7, 6, 5), 'weight_init': 'pytorch'}
+MLP = {'name': 'mlp', 'hidden_size': 12, 'weight_init': 'pytorch'}
+PLAIN_MLP = {**MLP, 'residual': False}
+
+
+def _init(config):
+  """The model's params (jax arrays, immutable), initialised once per config: eager init costs ~1 s a model."""
+  key = tuple(sorted(config.items()))
+  if key not in _INITS:
+    model = models.get_model(config, num_classes=NUM_CLASSES)
+    variables = model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE), train=False)
+    _INITS[key] = nn.unbox(variables)['params']
+  return _INITS[key]
+
+
+_INITS = {}
+
+
+def _logits(config, params, x):
+  model = models.get_model(config, num_classes=NUM_CLASSES)
+  return np.asarray(model.apply({'params': params}, x, train=False))
+
+
+def _inputs(batch=16):
+  return np.asarray(jax.random.normal(jax.random.key(1), (batch, *INPUT_SHAPE)))
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
+
+
+@pytest.mark.parametrize('config, keep', [(CNN, 0.5), (MLP, 0.3), (PLAIN_MLP, 0.5), ({'name': 'cnn'}, 0.3),
+                                          ({'name': 'mlp'}, 0.5)],
+                         ids=['cnn', 'mlp', 'plain_mlp', 'default_cnn', 'default_mlp'])
+def test_shrunk_params_have_the_shapes_of_the_returned_configs_init(config, keep):
+  new_config, new_params = structured.shrink(config, _init(config), keep=keep)
+  model = models.get_model(new_config, num_classes=NUM_CLASSES)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE),
+                                               train=False))
+  assert _shapes(new_params) == _shapes(nn.unbox(abstract)['params'])
+  # A plain dict with every field; widths reduced by round(keep * width), tuples kept tuples.
+  assert set(new_config) == {'name', *models.model_fields(config['name'])}
+  if config['name'] == 'cnn':
+    old = config.get('channels', (25, 25, 25))
+    assert new_config['channels'] == tuple(max(1, round(keep * c)) for c in old)
+    assert isinstance(new_config['kernel_sizes'], tuple)
+  else:
+    assert new_config['hidden_size'] == round(keep * config.get('hidden_size', 100))
+
+
+@pytest.mark.parametrize('config', [CNN, MLP, PLAIN_MLP], ids=['cnn', 'mlp', 'plain_mlp'])
+def test_keep_one_returns_the_same_model(config):
+  params = _init(config)
+  new_config, new_params = structured.shrink(config, params, keep=1.0)
+  assert {k: new_config[k] for k in config} == config
+  x = _inputs()
+  np.testing.assert_array_equal(_logits(new_config, new_params, x), _logits(config, params, x))
+
+
+def _expected_kept(config, params, keep):
+  """Independent oracle: top round(keep * width) units by incoming L1 norm, residual MLP layers summed."""
+  if config['name'] == 'cnn':
+    norms = {f'Im2colConv_{i}': np.abs(params[f'Im2colConv_{i}']['kernel']).sum(axis=(0, 1))
+             for i in range(len(config['channels']))}
+  else:
+    norms = {layer: np.abs(params[layer]['kernel']).sum(axis=0) for layer in ('Dense_0', 'Dense_1')}
+    if config.get('residual', True):
+      norms = dict.fromkeys(norms, norms['Dense_0'] + norms['Dense_1'])
+  return {layer: np.sort(np.argsort(-n)[:max(1, round(keep * n.size))]) for layer, n in norms.items()}
+
+
+@pytest.mark.parametrize('config', [CNN, MLP, PLAIN_MLP], ids=['cnn', 'mlp', 'plain_mlp'])
+def test_shrunk_model_equals_the_original_with_pruned_units_zeroed(config):
+  keep = 0.6
+  params = _init(config)
+  kept = _expected_kept(config, params, keep)
+  assert {k: v.tolist() for k, v in structured.kept_units(config, params, keep=keep).items()} == \
+      {k: v.tolist() for k, v in kept.items()}
+  zeroed = jax.tree.map(np.asarray, params)
+  for layer, idx in kept.items():
+    mask = np.zeros(zeroed[layer]['bias'].shape, np.float32)
+    mask[idx] = 1.0
+    # A pruned unit with zero incoming weights and bias outputs relu(0) = 0 (in both residual layers: h + 0).
+    zeroed[layer] = {'kernel': zeroed[layer]['kernel'] * mask, 'bias': zeroed[layer]['bias'] * mask}
+  new_config, new_params = structured.shrink(config, params, keep=keep)
+  x = _inputs()
+  expected = _logits(config, zeroed, x)
+  np.testing.assert_allclose(_logits(new_config, new_params, x), expected, atol=1e-5)
+  assert not np.allclose(expected, _logits(config, params, x), atol=1e-3)  # Pruning did change the function.
+
+
+def test_the_least_important_channel_is_dropped():
+  params = jax.tree.map(np.array, _init({'name': 'cnn'}))
+  params['Im2colConv_1']['kernel'][..., 3] *= 1e-3
+  new_config, new_params = structured.shrink({'name': 'cnn'}, params, keep=24 / 25)
+  assert new_config['channels'] == (24, 24, 24)
+  kept = structured.kept_units({'name': 'cnn'}, params, keep=24 / 25)
+  assert 3 not in kept['Im2colConv_1'] and len(kept['Im2colConv_1']) == 24
+  np.testing.assert_array_equal(new_params['Im2colConv_1']['bias'], np.delete(params['Im2colConv_1']['bias'], 3))
+
+
+def test_residual_mlp_ranks_a_unit_by_both_layers():
+  # Unit 2 is tiny in Dense_0 only; unit 5 is tiny in Dense_1 and small (0.1x) in Dense_0, so its summed norm is
+  # the smallest. The residual MLP drops 5 and keeps 2 in both layers; the plain MLP ranks each layer by its own
+  # weights, so it drops 2 from Dense_0 and 5 from Dense_1.
+  config = {'name': 'mlp', 'hidden_size': 10, 'weight_init': 'pytorch'}
+  params = jax.tree.map(np.array, _init(config))
+  params['Dense_0']['kernel'][:, 2] *= 1e-3
+  params['Dense_0']['kernel'][:, 5] *= 0.1
+  params['Dense_1']['kernel'][:, 5] *= 1e-3
+  everything_but = lambda unit: [u for u in range(10) if u != unit]
+  kept = structured.kept_units(config, params, keep=0.9)
+  assert kept['Dense_0'].tolist() == kept['Dense_1'].tolist() == everything_but(5)
+  plain = structured.kept_units({**config, 'residual': False}, params, keep=0.9)
+  assert plain['Dense_0'].tolist() == everything_but(2) and plain['Dense_1'].tolist() == everything_but(5)
+
+
+@pytest.mark.parametrize('name', structured.SUPPORTED)
+def test_keep_for_flops_gives_a_dense_model_with_at_most_half_the_flops(name):
+  config = {'name': name}
+  flops = lambda cfg: analytic.analytic_flops(cfg, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+  keep = structured.keep_for_flops(config, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, flops_fraction=0.5)
+  new_config, _ = structured.shrink(config, _init(config), keep=keep)
+  assert 0.35 < flops(new_config) / flops(config) <= 0.5
+  # The largest such keep: one more unit per layer is over budget.
+  width = 25 if name == 'cnn' else 100
+  bigger, _ = structured.shrink(config, _init(config), keep=round(keep * width + 1) / width)
+  assert flops(bigger) > 0.5 * flops(config)
+  assert structured.keep_for_flops(config, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+                                   flops_fraction=1.0) == 1.0
+
+
+def test_bad_keep_and_unsupported_models_are_errors():
+  params = _init(MLP)
+  for keep in (0.0, -0.5, 1.5, math.nan):
+    with pytest.raises(ValueError, match=rf'keep \({keep!r}\) must be in \(0, 1\]'):
+      structured.shrink(MLP, params, keep=keep)
+  with pytest.raises(ValueError, match=r"\('mlp', 'cnn'\), not 'gru'"):
+    structured.shrink({'name': 'gru'}, params, keep=0.5)
+  with pytest.raises(ValueError, match=r"\('mlp', 'cnn'\), not 'transformer'"):
+    structured.keep_for_flops({'name': 'transformer'}, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+                              flops_fraction=0.5)
+  with pytest.raises(ValueError, match=r'flops_fraction \(0\.0\) must be in \(0, 1\]'):
+    structured.keep_for_flops(MLP, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, flops_fraction=0.0)
+  with pytest.raises(ValueError, match='no width fits'):
+    structured.keep_for_flops(MLP, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, flops_fraction=1e-4)
+  with pytest.raises(ValueError, match=r"params\['Dense_0'\]\['kernel'\] has shape \(40, 12\).* 100 outputs"):
+    structured.shrink({'name': 'mlp'}, params, keep=0.5)  # Params of another width than the config's.
