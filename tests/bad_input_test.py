@@ -109,6 +109,12 @@ CASES = [
      'value >= 0'),
     ('train_examples_beyond_split', ['--config.dataset.train_examples=5000'],
      "'dataset.train_examples' = 5000: expected 0 (all) or at most the 4000 examples"),
+    ('qat_bits_out_of_range', ['--config.compression.qat_bits=16'],
+     "'compression.qat_bits' = 16: expected 0 (off) or a bit width in [2, 8]"),
+    ('sparsity_out_of_range', ['--config.compression.sparsity=1.0'], "'compression.sparsity' = 1.0: expected a "
+     'fraction in [0, 1)'),
+    ('teacher_missing', ['--config.compression.teacher=/nonexistent/run'],
+     "'compression.teacher' = '/nonexistent/run': expected a trained run's workdir that exists"),
     ('unknown_flag', ['--wrokdir=x'], 'wrokdir'),
     ('positional_argument', ['extra'], "unexpected arguments: ['extra']"),
     ('dataset_byte_flipped', ['DATA:flip'], 'is unreadable (Corrupted'),

@@ -26,6 +26,7 @@ _LONG_ORDER = {name: i for i, name in enumerate([
     'test_five_sigkills_at_random_points_resume_to_the_same_final_state',
     'test_two_processes_train_checkpoint_are_killed_and_resume',
     'test_quick_pipeline_writes_table_summary_and_plot',
+    'test_compress_writes_a_measured_table_and_models_that_evaluate',
     'test_grid_sweep_runs_in_parallel_writes_the_table_and_a_rerun_starts_nothing',
     'test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint_also_during_startup',
 ], start=1)}

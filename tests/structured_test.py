@@ -2,13 +2,14 @@
 
 The key check: the shrunk model computes exactly what the original does with the pruned units zeroed, which
 pins down every slice (a conv's input channels, the CNN head's position-major rows, the residual MLP's shared
-units). Small non-uniform widths and PyTorch's init (non-zero biases) keep it fast and make wrong slices show.
+units). Small non-uniform widths and random non-zero biases keep it fast and make wrong slices show.
 """
 
 import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,22 +18,26 @@ from research.compression import structured
 from research.cost import analytic
 
 INPUT_SHAPE, NUM_CLASSES = (40,), 10
-CNN = {'name': 'cnn', 'channels': (7, 6, 5), 'weight_init': 'pytorch'}
-MLP = {'name': 'mlp', 'hidden_size': 12, 'weight_init': 'pytorch'}
+CNN = {'name': 'cnn', 'channels': (7, 6, 5)}
+MLP = {'name': 'mlp', 'hidden_size': 12}
 PLAIN_MLP = {**MLP, 'residual': False}
 
 
-def _init(config):
-  """The model's params (jax arrays, immutable), initialised once per config: eager init costs ~1 s a model."""
-  key = tuple(sorted(config.items()))
-  if key not in _INITS:
-    model = models.get_model(config, num_classes=NUM_CLASSES)
-    variables = model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE), train=False)
-    _INITS[key] = nn.unbox(variables)['params']
-  return _INITS[key]
+def _abstract_params(config):
+  """The tree of ShapeDtypeStructs of the model's params, from its abstract init (traced, nothing compiled)."""
+  model = models.get_model(config, num_classes=NUM_CLASSES)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE), train=False))
+  return nn.unbox(shapes)['params']
 
 
-_INITS = {}
+def _init(config, seed=0):
+  """Params with the tree, shapes and dtypes of the model's init, drawn with numpy: kernels N(0, 1/fan_in) (the
+  scale of lecun_normal) and biases N(0, 0.1^2), non-zero so that a wrongly sliced bias shows. Why not
+  `model.init`: run eagerly it compiles every initialiser op per shape, 2-3 s a model on this machine."""
+  rng = np.random.default_rng(seed)
+  draw = lambda leaf: (rng.normal(size=leaf.shape) * (0.1 if len(leaf.shape) == 1 else
+                                                       math.prod(leaf.shape[:-1]) ** -0.5)).astype(leaf.dtype)
+  return jax.tree.map(draw, _abstract_params(config))
 
 
 def _logits(config, params, x):
@@ -53,10 +58,7 @@ def _shapes(tree):
                          ids=['cnn', 'mlp', 'plain_mlp', 'default_cnn', 'default_mlp'])
 def test_shrunk_params_have_the_shapes_of_the_returned_configs_init(config, keep):
   new_config, new_params = structured.shrink(config, _init(config), keep=keep)
-  model = models.get_model(new_config, num_classes=NUM_CLASSES)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE),
-                                               train=False))
-  assert _shapes(new_params) == _shapes(nn.unbox(abstract)['params'])
+  assert _shapes(new_params) == _shapes(_abstract_params(new_config))
   # A plain dict with every field; widths reduced by round(keep * width), tuples kept tuples.
   assert set(new_config) == {'name', *models.model_fields(config['name'])}
   if config['name'] == 'cnn':
@@ -67,10 +69,19 @@ def test_shrunk_params_have_the_shapes_of_the_returned_configs_init(config, keep
     assert new_config['hidden_size'] == round(keep * config.get('hidden_size', 100))
 
 
+def test_shrink_takes_params_from_a_real_init_boxed_or_not():
+  model = models.get_model(MLP, num_classes=NUM_CLASSES)  # The MLP: the cheapest real init (~1 s, eager).
+  boxed = model.init(jax.random.key(0), models.dummy_input(model, INPUT_SHAPE), train=False)['params']
+  for params in (boxed, nn.unbox(boxed)):
+    new_config, new_params = structured.shrink(MLP, params, keep=0.5)
+    assert _shapes(new_params) == _shapes(_abstract_params(new_config))
+
+
 @pytest.mark.parametrize('config', [CNN, MLP, PLAIN_MLP], ids=['cnn', 'mlp', 'plain_mlp'])
 def test_keep_one_returns_the_same_model(config):
-  params = _init(config)
+  params = jax.tree.map(jnp.asarray, _init(config))
   new_config, new_params = structured.shrink(config, params, keep=1.0)
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(new_params))  # jax in, jax out.
   assert {k: new_config[k] for k in config} == config
   x = _inputs()
   np.testing.assert_array_equal(_logits(new_config, new_params, x), _logits(config, params, x))
@@ -109,7 +120,7 @@ def test_shrunk_model_equals_the_original_with_pruned_units_zeroed(config):
 
 
 def test_the_least_important_channel_is_dropped():
-  params = jax.tree.map(np.array, _init({'name': 'cnn'}))
+  params = _init({'name': 'cnn'})
   params['Im2colConv_1']['kernel'][..., 3] *= 1e-3
   new_config, new_params = structured.shrink({'name': 'cnn'}, params, keep=24 / 25)
   assert new_config['channels'] == (24, 24, 24)
@@ -122,8 +133,8 @@ def test_residual_mlp_ranks_a_unit_by_both_layers():
   # Unit 2 is tiny in Dense_0 only; unit 5 is tiny in Dense_1 and small (0.1x) in Dense_0, so its summed norm is
   # the smallest. The residual MLP drops 5 and keeps 2 in both layers; the plain MLP ranks each layer by its own
   # weights, so it drops 2 from Dense_0 and 5 from Dense_1.
-  config = {'name': 'mlp', 'hidden_size': 10, 'weight_init': 'pytorch'}
-  params = jax.tree.map(np.array, _init(config))
+  config = {'name': 'mlp', 'hidden_size': 10}
+  params = _init(config)
   params['Dense_0']['kernel'][:, 2] *= 1e-3
   params['Dense_0']['kernel'][:, 5] *= 0.1
   params['Dense_1']['kernel'][:, 5] *= 1e-3

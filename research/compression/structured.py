@@ -24,6 +24,8 @@ Supported models (`SUPPORTED`):
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from research import models
@@ -139,6 +141,20 @@ def kept_units(model_config: Mapping[str, Any], params: Params, *, keep: float) 
           for layer, imp in importance.items()}
 
 
+def _take(leaf: Any, outputs: np.ndarray | None, inputs: np.ndarray | None = None) -> Any:
+  """`leaf` with only the `outputs` indices of its last axis and the `inputs` of the one before (None: all).
+
+  Sliced on the host: eager gathers on jax arrays compile one small program per shape (~0.1 s each on CPU, most
+  of a shrink). The result is a jax array (on the default device) if `leaf` is one, else a numpy array.
+  """
+  sliced = np.asarray(leaf)
+  if inputs is not None:
+    sliced = np.take(sliced, inputs, axis=-2)
+  if outputs is not None:
+    sliced = np.take(sliced, outputs, axis=-1)
+  return jnp.asarray(sliced) if isinstance(leaf, jax.Array) else sliced
+
+
 def shrink(model_config: Mapping[str, Any], params: Params, *, keep: float) -> tuple[dict[str, Any], Params]:
   """Prunes the least important units of every hidden layer, returning a smaller dense model.
 
@@ -170,24 +186,23 @@ def shrink(model_config: Mapping[str, Any], params: Params, *, keep: float) -> t
     for i in range(len(config['channels'])):
       layer, idx = f'Im2colConv_{i}', kept[f'Im2colConv_{i}']
       kernel = params[layer]['kernel']  # [*window, c_in, c_out]
-      if previous is not None:
-        kernel = kernel[..., previous, :]
-      new[layer] = {'kernel': kernel[..., idx], 'bias': params[layer]['bias'][idx]}
+      new[layer] = {'kernel': _take(kernel, idx, previous), 'bias': _take(params[layer]['bias'], idx)}
       previous = idx
     head = params['Dense_0']['kernel']  # [positions * C, classes], row = position * C + channel.
     channels = config['channels'][-1]
     if head.shape[0] % channels:
       raise ValueError(f"params['Dense_0']['kernel'] has {head.shape[0]} rows, not a multiple of the last conv's "
                        f'{channels} channels')
-    positions = head.shape[0] // channels
-    rows = head.reshape(positions, channels, -1)[:, previous, :].reshape(positions * len(previous), -1)
-    new['Dense_0']['kernel'] = rows
+    # Row position * C + channel for every position and each kept channel, position-major as the head reads them.
+    rows = (np.arange(head.shape[0] // channels)[:, None] * channels + previous[None, :]).reshape(-1)
+    new['Dense_0']['kernel'] = _take(head, None, rows)
   else:
     first, second = kept['Dense_0'], kept['Dense_1']  # Equal when residual (channel_importance shares them).
-    new['Dense_0'] = {'kernel': params['Dense_0']['kernel'][:, first], 'bias': params['Dense_0']['bias'][first]}
-    new['Dense_1'] = {'kernel': params['Dense_1']['kernel'][first][:, second],
-                      'bias': params['Dense_1']['bias'][second]}
-    new['Dense_2']['kernel'] = params['Dense_2']['kernel'][second]
+    new['Dense_0'] = {'kernel': _take(params['Dense_0']['kernel'], first),
+                      'bias': _take(params['Dense_0']['bias'], first)}
+    new['Dense_1'] = {'kernel': _take(params['Dense_1']['kernel'], second, first),
+                      'bias': _take(params['Dense_1']['bias'], second)}
+    new['Dense_2']['kernel'] = _take(params['Dense_2']['kernel'], None, second)
   return _shrunk_config(config, keep), new
 
 
