@@ -111,6 +111,10 @@ def check_group(configs: Sequence, trial_ids: Sequence[str]) -> list[str]:
   for key in accounting.BUDGETS:
     if config.budget[key]:
       raise VectorizeError(f'budget.{key} = {config.budget[key]!r} cannot be vectorized: {_WHY["budget."]}')
+  for key in ('init_from', 'qat_bits', 'sparsity', 'teacher'):
+    if config.compression[key]:
+      raise VectorizeError(f'compression.{key} = {config.compression[key]!r}: compression is not vectorized; run '
+                           'this sweep without --vectorize')
   if config.distributed.coordinator_address or config.distributed.auto_detect:
     raise VectorizeError('distributed.*: a vectorized group runs in one process; run this sweep without --vectorize')
   if 'model.dropout_rate' in varying and config.model.name not in DROPOUT_MODELS:

@@ -97,6 +97,8 @@ def test_check_group_names_the_key_that_cannot_be_vectorized(data_dir):
     vectorized.check_group([_config(data_dir), _config(data_dir, batch_size=50)], ['a', 'b'])
   with pytest.raises(vectorized.VectorizeError, match='budget.max_flops'):
     vectorized.check_group([_config(data_dir, **{'budget.max_flops': 1e9})], ['a'])
+  with pytest.raises(vectorized.VectorizeError, match='compression.sparsity = 0.5: compression is not vectorized'):
+    vectorized.check_group([_config(data_dir, **{'compression.sparsity': 0.5})], ['a'])
 
 
 def test_sweep_vectorize_end_to_end(tmp_path, data_dir):
