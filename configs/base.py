@@ -114,4 +114,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.compression.teacher = ''
   c.compression.temperature = 4.0  # T: both logits divided by it in the KL term.
   c.compression.distill_weight = 0.9
+  # Evaluation and prediction of an int8 model written by experiments.compress (method w8a8) with integer matmuls:
+  # int8 weights x dynamically quantized int8 activations -> int32 (research/compression/int8_exec.py). Not for
+  # training.
+  c.compression.int8_matmul = False
   return c

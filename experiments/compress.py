@@ -5,8 +5,8 @@ Usage:
   python -m experiments.compress --workdir=runs/cnn --methods=int8,prune90,structured50 --out=/tmp/comp \
       --finetune_steps=500
 
-Methods (--methods, comma-separated; default int8,qat,prune50,prune90,structured50,distill): int8, qat, pruneNN,
-pruneNN_int8, oneshotNN, structuredNN, distill (research/compression/compress.py says what each does). Writes
+Methods (--methods, comma-separated; default finetune,int8,qat,prune50,prune90,structured50,distill): finetune
+(the control: fine-tuning alone), int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, distill (research/compression/compress.py says what each does). Writes
 OUT/table.md (method · metric with Δ vs baseline · parameters · bytes on disk · batch-1 latency · examples/s ·
 FLOPs/example · energy per 1,000 predictions), OUT/summary.json and OUT/compression.png; each compressed model is a
 directory OUT/METHOD that `python -m experiments.evaluate --workdir=OUT/METHOD` reads. Fine-tuning runs are ordinary
@@ -23,9 +23,9 @@ from experiments import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run to compress (written by experiments.train).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory for the table, plot, summary and compressed models.')
-_METHODS = flags.DEFINE_string('methods', 'int8,qat,prune50,prune90,structured50,distill',
-                               'Comma-separated methods: int8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, '
-                               'distill.')
+_METHODS = flags.DEFINE_string('methods', 'finetune,int8,qat,prune50,prune90,structured50,distill',
+                               'Comma-separated methods: finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, '
+                               'structuredNN, distill.')
 _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 1000, 'Steps of the qat / prune / structured fine-tunes.',
                                        lower_bound=1)
 _LR_SCALE = flags.DEFINE_float('lr_scale', 0.1, 'Fine-tune learning rate as a fraction of the run\'s.',
@@ -57,15 +57,17 @@ def main(argv: list[str]) -> None:
   t0 = time.time()
   try:
     comp = compress.Compressor(_WORKDIR.value, out=_OUT.value, options=options)
-    if comp.config.model.name not in compress.structured.SUPPORTED:
-      unsupported = [m for m in methods if m.startswith(('structured', 'distill'))]
-      if unsupported:
-        cli.usage_error(f'--methods: {",".join(unsupported)} support the models {compress.structured.SUPPORTED}, '
-                        f'not {comp.config.model.name!r} ({_WORKDIR.value}); the others apply to every model')
-    print(f'Compressing {_WORKDIR.value} ({comp.config.model.name} on {comp.config.dataset.name}) -> {_OUT.value}: '
-          f'{", ".join(methods)}', flush=True)
-    rows = comp.run(methods)
   except (inference.RunNotFoundError, *cli.input_errors()) as e:
+    cli.usage_error(str(e))
+  try:
+    compress.check_methods(methods, comp.config.model.name)
+  except ValueError as e:
+    cli.usage_error(str(e))
+  print(f'Compressing {_WORKDIR.value} ({comp.config.model.name} on {comp.config.dataset.name}) -> {_OUT.value}: '
+        f'{", ".join(methods)}', flush=True)
+  try:
+    rows = comp.run(methods)
+  except cli.input_errors() as e:
     cli.usage_error(str(e))
   except KeyboardInterrupt as e:
     print(f'\n{e or "interrupted"}', flush=True)

@@ -185,11 +185,21 @@ def _load_compressed(workdir: str, config: ml_collections.ConfigDict, path: str)
   input_shape = data.example_shape(config.dataset)
   model, _, _, template = loop.create_model_and_state(
       config, num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh, abstract=True)
-  params, _, metadata = storage.load(path)
+  params, fmt, metadata = storage.load(path)
   shapes = jax.tree.map(lambda x: tuple(x.shape), template.params)
   if jax.tree.map(lambda x: tuple(np.shape(x)), params) != shapes:
     raise RunNotFoundError(f'{path} does not hold params of the model in {workdir}/config.json')
-  params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, template.params)
+  if config.compression.int8_matmul:
+    from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
+    if fmt != 'int8' or config.model.name not in int8_exec.SUPPORTED:
+      raise ValueError(f'{workdir}/config.json sets compression.int8_matmul, which needs an int8 model of one of '
+                       f'{int8_exec.SUPPORTED}; this is a {fmt} {config.model.name!r} model')
+    # Integer execution keeps the weights int8 ({'int8', 'scale'} per weight), replicated on the run's mesh.
+    quantized, _, _ = storage.load(path, quantized=True)
+    params = jax.device_put(quantized, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    model = int8_exec.Int8Model(model)
+  else:
+    params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, template.params)
   return Run(workdir=workdir, config=config, model=model, params=params, step=int(metadata.get('step', 0)),
              num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
 

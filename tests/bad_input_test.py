@@ -115,6 +115,8 @@ CASES = [
      'fraction in [0, 1)'),
     ('teacher_missing', ['--config.compression.teacher=/nonexistent/run'],
      "'compression.teacher' = '/nonexistent/run': expected a trained run's workdir that exists"),
+    ('int8_matmul_when_training', ['--config.compression.int8_matmul=True'],
+     "'compression.int8_matmul' = True: expected False when training"),
     ('unknown_flag', ['--wrokdir=x'], 'wrokdir'),
     ('positional_argument', ['extra'], "unexpected arguments: ['extra']"),
     ('dataset_byte_flipped', ['DATA:flip'], 'is unreadable (Corrupted'),

@@ -138,3 +138,21 @@ def test_failed_save_keeps_the_previous_file_and_no_tmp(tmp_path, monkeypatch):
   loaded, fmt, _ = storage.load(path)
   assert fmt == 'float32'
   np.testing.assert_array_equal(loaded['Dense_0']['kernel'], _mlp()['Dense_0']['kernel'])
+
+
+def test_int8_file_loads_quantized_for_integer_execution(tmp_path):
+  params = _mlp()
+  path = str(tmp_path / 'm.safetensors')
+  storage.save(path, params, fmt='int8')
+  loaded, fmt, _ = storage.load(path, quantized=True)
+  expected = quantize.quantize_params(params)
+  assert fmt == 'int8'
+  assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+    assert a.dtype == np.asarray(b).dtype
+    np.testing.assert_array_equal(a, b)
+  # Other formats ignore `quantized`: they decode to float32 as usual.
+  storage.save(path, params, fmt='float32')
+  loaded, _, _ = storage.load(path, quantized=True)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)

@@ -115,6 +115,41 @@ def test_qat_eval_step_equals_the_int8_model():
   assert float(qat['correct_sum']) == float(int8['correct_sum'])
 
 
+@pytest.mark.parametrize('name', ['mlp', 'cnn', 'lenet5'])
+def test_integer_execution_runs_int8_matmuls_and_agrees_with_the_float_model(name):
+  from research import models  # pylint: disable=g-import-not-at-top
+  from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  model = models.get_model({'name': name}, num_classes=10)
+  shape = (16, 28, 28, 1) if name == 'lenet5' else (16, 40)
+  x = jax.random.normal(jax.random.key(0), shape)
+  params = nn.unbox(model.init(jax.random.key(1), x, train=False))['params']
+  qparams = jax.tree.map(jnp.asarray, quantize.quantize_params(params))
+  model8 = int8_exec.Int8Model(model)
+  forward = jax.jit(lambda p, x: model8.apply({'params': p}, x, train=False))
+  logits = model.apply({'params': params}, x, train=False)
+  logits8 = forward(qparams, x)
+  # Every weight matmul is integer: as many int8 x int8 -> int32 dots as the model has weight matrices.
+  hlo = forward.lower(qparams, x).as_text()
+  weights = sum(1 for w in jax.tree.leaves(params) if w.ndim >= 2)
+  int_dots = [line for line in hlo.splitlines() if 'dot_general' in line and 'xi8>' in line and 'xi32>' in line]
+  float_dots = [line for line in hlo.splitlines() if 'dot_general' in line and 'xi8>' not in line]
+  assert len(int_dots) == weights and not float_dots, hlo[:3000]
+  scale = float(jnp.abs(logits).max())
+  np.testing.assert_allclose(logits8, logits, atol=0.05 * scale)
+  assert float(jnp.mean(jnp.argmax(logits8, -1) == jnp.argmax(logits, -1))) >= 0.9
+
+
+def test_integer_execution_helpers():
+  from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
+  x = jnp.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+  q, s = int8_exec.quantize_rows(x)
+  assert q.dtype == jnp.int8 and q[0, 1] == -127 and float(s[1, 0]) == 1.0  # A zero row keeps a finite scale.
+  w = jax.random.normal(jax.random.key(0), (3, 4))
+  wq, ws = quantize.quantize_array(w)
+  np.testing.assert_allclose(int8_exec.int8_matmul(x, wq, ws), x @ w, atol=0.05)
+
+
 # --- experiments.compress end to end ---------------------------------------------------------------------------------
 
 def _run(args, env, timeout=600):
@@ -142,7 +177,7 @@ def trained(tmp_path_factory, env):
 @pytest.mark.long
 def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env, trained):
   out = str(tmp_path / 'comp')
-  methods = 'int8,qat,prune90,prune90_int8,oneshot50,structured50,distill'
+  methods = 'int8,w8a8,qat,prune90,prune90_int8,oneshot50,structured50,distill'
   proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', f'--methods={methods}',
                '--finetune_steps=30', '--seeds=1', '--distill_steps=30'], env)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +202,7 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
   assert all(f'| {name} |' in table for name in summary['methods'])
   assert os.path.getsize(os.path.join(out, 'compression.png')) > 10_000
   # Each compressed model loads through the normal eval path, with the table's numbers.
-  for name in ('int8', 'structured50'):
+  for name in ('int8', 'w8a8', 'structured50'):
     proc = _run(['experiments.evaluate', f'--workdir={os.path.join(out, name)}', '--json'], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,6 +227,18 @@ def test_bad_methods_exit_2_and_write_nothing(tmp_path, env, trained, args, mess
   proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', *args], env)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr and not out.exists()
+
+
+def test_methods_a_model_does_not_support_exit_2_and_write_nothing(tmp_path, env):
+  workdir = str(tmp_path / 'gru')
+  proc = _run(['experiments.train', '--config=configs/mnist1d.py:gru', f'--workdir={workdir}', '--config.steps=2',
+               '--config.progress=False'], env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / 'comp'
+  proc = _run(['experiments.compress', f'--workdir={workdir}', f'--out={out}', '--methods=int8,w8a8'], env)
+  assert proc.returncode == 2 and "w8a8 support the models" in proc.stderr and "not 'gru'" in proc.stderr, \
+      proc.stderr[-2000:]
+  assert not out.exists()
 
 
 def test_compress_of_a_missing_run_exits_2(tmp_path, env):

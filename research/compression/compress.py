@@ -7,7 +7,12 @@ Every method writes OUT/METHOD/ as a model directory that the normal eval path r
 `python -m experiments.evaluate --workdir=OUT/METHOD`); methods that train keep their run in OUT/METHOD/train (an
 ordinary workdir with its run card; rerunning skips finished ones). Methods (`parse_methods`):
 
-  int8           post-training: weights int8 + a float32 scale per output channel (storage format int8).
+  finetune       the control for the methods that fine-tune: the same steps and learning rate, no compression
+                 (a run that was still improving gains from the extra steps alone), stored float32.
+  int8           post-training: weights int8 + a float32 scale per output channel (storage format int8); loaded
+                 as float32 (weight-only quantization: the compute is float).
+  w8a8           the same file, evaluated and timed with integer matmuls (int8 weights x int8 activations ->
+                 int32, research/compression/int8_exec.py; compression.int8_matmul in its config.json).
   qat            fine-tune with 8-bit fake-quantized weights (straight-through gradient), then int8 as above.
   pruneNN        gradual magnitude pruning to NN% sparsity while fine-tuning (Zhu & Gupta 2017: cubic ramp over the
                  first 2/3 of the fine-tune, then the mask is frozen), stored sparse (bitmask + float32 values).
@@ -42,9 +47,9 @@ from research.compression import pruning, storage, structured
 from research.config import ConfigError
 
 _PATTERNS = {
-    'int8': r'int8', 'qat': r'qat', 'prune': r'prune(\d\d)(_int8)?', 'oneshot': r'oneshot(\d\d)',
+    'finetune': r'finetune', 'int8': r'int8', 'w8a8': r'w8a8', 'qat': r'qat', 'prune': r'prune(\d\d)(_int8)?', 'oneshot': r'oneshot(\d\d)',
     'structured': r'structured(\d\d)', 'distill': r'distill'}
-FORMS = 'int8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, distill (NN: two digits, e.g. prune90)'
+FORMS = 'finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, distill (NN: two digits, e.g. prune90)'
 DISTILL_FLOPS = 0.25  # The distilled student's FLOPs, as a fraction of the teacher's (its widths: structured25's).
 
 
@@ -65,6 +70,18 @@ def parse_methods(text: str) -> list[str]:
     if m.startswith(('prune', 'oneshot', 'structured')) and int(re.search(r'\d\d', m).group()) == 0:
       raise ValueError(f'--methods: {m!r} asks for 0%; use NN in 01..99')
   return methods
+
+
+def check_methods(methods: list[str], model_name: str) -> None:
+  """Raises ValueError (naming the methods and the models they support) for methods that do not apply to model
+  `model_name`; checked before anything is written."""
+  from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
+  limits = [(('structured', 'distill'), structured.SUPPORTED), (('w8a8',), int8_exec.SUPPORTED)]
+  for prefixes, supported in limits:
+    bad = [m for m in methods if m.startswith(prefixes)]
+    if bad and model_name not in supported:
+      raise ValueError(f'--methods: {",".join(bad)} support the models {supported}, not {model_name!r}; the '
+                       'others apply to every model')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,11 +156,11 @@ class Compressor:
 
   # --- writing and measuring a model directory -------------------------------------------------------------------
 
-  def _write_model(self, name: str, config, params, fmt: str) -> str:
+  def _write_model(self, name: str, config, params, fmt: str, *, int8_matmul: bool = False) -> str:
     directory = os.path.join(self.out, name)
     os.makedirs(directory, exist_ok=True)
     config = _set(config, {'compression.init_from': '', 'compression.teacher': '', 'compression.qat_bits': 0,
-                           'compression.sparsity': 0.0})
+                           'compression.sparsity': 0.0, 'compression.int8_matmul': int8_matmul})
     storage.save(os.path.join(directory, inference.COMPRESSED_FILE), jax.device_get(params), fmt=fmt,
                  metadata={'method': name, 'source': self.source.workdir, 'step': self.source.step})
     with open(os.path.join(directory, 'config.json'), 'w') as f:
@@ -156,8 +173,8 @@ class Compressor:
     run = inference.load_run(directory)
     metrics = inference.evaluate(run, 'test')
     path = os.path.join(directory, inference.COMPRESSED_FILE)
-    _, fmt, _ = storage.load(path)
-    leaves = jax.tree.leaves(jax.device_get(run.params))
+    decoded, fmt, _ = storage.load(path)
+    leaves = jax.tree.leaves(decoded)
     # Stored parameters: a sparse format keeps only the nonzero weights (and every bias); others keep them all.
     params = (sum(int(np.count_nonzero(x)) if x.ndim >= 2 else int(x.size) for x in leaves)
               if fmt.startswith('sparse') else sum(int(x.size) for x in leaves))
@@ -185,8 +202,9 @@ class Compressor:
     """
     batch = self._inputs
     figures = {id(row): [] for row, _, _ in self._timed}
-    for _ in range(rounds):
-      for row, forward, params in self._timed:
+    for r in range(rounds):
+      # Each round starts at another model, so that no model is always the first after a pause.
+      for row, forward, params in self._timed[r:] + self._timed[:r]:
         latency = cost.batch1_latency_ms(forward, params, batch, examples=50)
         jax.block_until_ready(forward(params, batch))
         times = []
@@ -250,9 +268,26 @@ class Compressor:
     directory = self._write_model('baseline', self.config, self.source.params, 'float32')
     return self.measure('baseline', f'the trained run (step {self.source.step}), float32', directory)
 
+  def finetune(self, name: str) -> Row:
+    config = self._finetune_config()
+    params, _ = self._train(os.path.join(self.out, name, 'train'), config)
+    directory = self._write_model(name, config, params, 'float32')
+    return self.measure(name, f'{config.steps} more steps of plain fine-tuning (the control for qat, pruneNN and '
+                        'structuredNN), float32', directory)
+
   def int8(self, name: str) -> Row:
     directory = self._write_model(name, self.config, self.source.params, 'int8')
     return self.measure(name, 'post-training int8 weights, per output channel', directory)
+
+  def w8a8(self, name: str) -> Row:
+    from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
+    if self.config.model.name not in int8_exec.SUPPORTED:
+      raise ConfigError('methods', name, f'a method other than {name} for model {self.config.model.name!r}: '
+                        f'integer execution supports {int8_exec.SUPPORTED}')
+    config = _set(self.config, {})
+    directory = self._write_model(name, config, self.source.params, 'int8', int8_matmul=True)
+    return self.measure(name, 'int8 weights as int8, run with integer matmuls: activations quantized per row on '
+                        'the fly, int8 x int8 -> int32 (research/compression/int8_exec.py)', directory)
 
   def qat(self, name: str) -> Row:
     config = self._finetune_config(qat_bits=8)

@@ -172,11 +172,13 @@ def save(path: str, params: Any, *, fmt: str, metadata: dict | None = None) -> i
   return os.path.getsize(path)
 
 
-def load(path: str) -> tuple[dict, str, dict]:
+def load(path: str, *, quantized: bool = False) -> tuple[dict, str, dict]:
   """Reads a file written by `save` and decodes it to float32 params.
 
   Args:
     path: the file.
+    quantized: for the 'int8' format, keep each weight as quantize.quantize_params does, {'int8': q, 'scale': s}
+      (for integer execution, research/compression/int8_exec.py) instead of decoding it.
 
   Returns:
     (params, fmt, metadata): params as nested dicts of float32 numpy arrays with the original structure and
@@ -212,7 +214,10 @@ def load(path: str) -> tuple[dict, str, dict]:
       parts = {suffix: tensors.pop(name + suffix) for suffix in _SUFFIXES[fmt]}
     except KeyError as e:
       raise ValueError(f'{path}: weight {name!r} lacks tensor {e.args[0]!r} of format {fmt}') from None
-    flat[name] = _decode_weight(name, parts, tuple(info['shape']), fmt)
+    if quantized and fmt == 'int8':
+      flat[name + _SEP + 'int8'], flat[name + _SEP + 'scale'] = parts['.int8'], parts['.scale']
+    else:
+      flat[name] = _decode_weight(name, parts, tuple(info['shape']), fmt)
   # What is left are the leaves stored as plain float32 (biases, norm scales).
   flat.update({name: value.astype(np.float32, copy=False) for name, value in tensors.items()})
   return _unflatten(flat), fmt, user

@@ -106,13 +106,27 @@ class Im2colConv(nn.Module):
       spatial = 'HWD'[:ndim]
       return jax.lax.conv_general_dilated(x, kernel, strides, [(self.padding,) * 2] * ndim,
                                           dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C')) + bias
-    x = jnp.pad(x, [(0, 0)] + [(self.padding, self.padding)] * ndim + [(0, 0)])
-    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], self.kernel_size, strides)]
-    # One strided slice per kernel tap, in the row-major tap order of kernel.reshape(-1, features).
-    taps = [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out)))]
-            for offset in itertools.product(*map(range, self.kernel_size))]
-    patches = jnp.concatenate(taps, axis=-1)  # [batch, *out, prod(kernel_size) * channels]
-    return patches @ kernel.reshape(-1, self.features) + bias
+    return extract_patches(x, self.kernel_size, strides, self.padding) @ kernel.reshape(-1, self.features) + bias
+
+
+def extract_patches(x: jax.Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], padding: int) -> jax.Array:
+  """The patches of `x` that a convolution's kernel, flattened as kernel.reshape(-1, features), multiplies.
+
+  Args:
+    x: [batch, *spatial, channels].
+    kernel_size, strides: per spatial dim.
+    padding: zeros added on both sides of every spatial dim.
+
+  Returns:
+    [batch, *out, prod(kernel_size) * channels].
+  """
+  ndim = len(kernel_size)
+  x = jnp.pad(x, [(0, 0)] + [(padding, padding)] * ndim + [(0, 0)])
+  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel_size, strides)]
+  # One strided slice per kernel tap, in the row-major tap order of kernel.reshape(-1, features).
+  taps = [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out)))]
+          for offset in itertools.product(*map(range, kernel_size))]
+  return jnp.concatenate(taps, axis=-1)
 
 
 def max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:

@@ -257,6 +257,9 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
 
 def _build(config) -> tuple[Any, data.Dataset, ModelAndState]:
   """The mesh, the loaded dataset (checked against the batch sizes) and the model with its initial state."""
+  if config.compression.int8_matmul:
+    raise ConfigError('compression.int8_matmul', True, 'False when training (integer matmuls are for evaluating '
+                      'an int8 model written by experiments.compress)')
   mesh = sharding.make_mesh(config.mesh, batch_sizes={'batch_size': config.batch_size,
                                                       'eval_batch_size': config.eval_batch_size})
   microbatch = config.batch_size // config.accumulate_steps
