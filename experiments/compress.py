@@ -26,9 +26,10 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory for the table, plot, s
 _METHODS = flags.DEFINE_string('methods', 'finetune,int8,qat,prune50,prune90,structured50,distill',
                                'Comma-separated methods: finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, '
                                'structuredNN, distill.')
-_FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 1000, 'Steps of the qat / prune / structured fine-tunes.',
+_FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 3000, 'Steps of the qat / prune / structured fine-tunes.',
                                        lower_bound=1)
-_LR_SCALE = flags.DEFINE_float('lr_scale', 0.1, 'Fine-tune learning rate as a fraction of the run\'s.',
+_LR_SCALE = flags.DEFINE_float('lr_scale', 1.0, 'Fine-tune learning rate (constant) as a fraction of the run\'s '
+                               'peak rate.',
                                lower_bound=0.0)
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds of distill and its from-scratch twin.', lower_bound=1)
 _DISTILL_STEPS = flags.DEFINE_integer('distill_steps', 0, 'Steps of each distill / scratch run; 0: the run\'s own.',

@@ -214,6 +214,10 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
   with open(os.path.join(out, 'summary.json')) as f:
     again = json.load(f)['methods']
   assert again['qat']['test_accuracy'] == m['qat']['test_accuracy']
+  # Other options than the runs in --out were made with: refused (not silently reused), naming the run.
+  proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', '--methods=qat',
+               '--finetune_steps=30', '--lr_scale=0.5'], env)
+  assert proc.returncode == 2 and 'qat/train was made with others' in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize('args,message', [

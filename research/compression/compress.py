@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from research import cost, data, inference, run_card
+from research import workdir as workdir_lib
 from research.compression import pruning, storage, structured
 from research.config import ConfigError
 
@@ -94,8 +95,8 @@ class Options:
     seeds: seeds of distill and its from-scratch twin.
     distill_steps: steps of those runs; 0: the trained run's own.
   """
-  finetune_steps: int = 1000
-  lr_scale: float = 0.1
+  finetune_steps: int = 3000
+  lr_scale: float = 1.0
   seeds: int = 3
   distill_steps: int = 0
 
@@ -239,6 +240,11 @@ class Compressor:
     from research.training import loop  # pylint: disable=g-import-not-at-top
 
     validate(config, base.get_base_config())
+    try:  # A run made with other options (--finetune_steps, --lr_scale, ...) is not this method's result.
+      workdir_lib.check_config(workdir, config, allow_change=False)
+    except workdir_lib.WorkdirError as e:
+      raise ConfigError('out', self.out, f'an output directory whose runs were made with these options: {workdir} '
+                        f'was made with others ({" ".join(str(e).split())[:300]}); use a new --out') from e
     card_path = os.path.join(workdir, 'run_card.json')
     if not (os.path.exists(card_path) and run_card.read(workdir)['steps'] == config.steps):
       t0 = time.time()
