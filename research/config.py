@@ -147,6 +147,17 @@ def _check_scale_out(config: ml_collections.ConfigDict) -> None:
   check_distributed(config.distributed)
 
 
+def override(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys in place, as --config.KEY=VALUE does ({'optimizer.name': 'sgd'}); returns `config`."""
+  for key, value in overrides.items():
+    parent = config
+    *path, leaf = key.split('.')
+    for part in path:
+      parent = parent[part]
+    parent[leaf] = value
+  return config
+
+
 def _check_compression(config: ml_collections.ConfigDict) -> None:
   """The `compression` group (research/compression); the workdirs it names are read when training starts."""
   comp = config.compression

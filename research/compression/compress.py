@@ -44,8 +44,8 @@ import numpy as np
 
 from research import cost, data, inference, run_card
 from research import workdir as workdir_lib
-from research.compression import pruning, storage, structured
-from research.config import ConfigError
+from research.compression import int8_exec, pruning, storage, structured
+from research.config import ConfigError, override
 
 _PATTERNS = {
     'finetune': r'finetune', 'int8': r'int8', 'w8a8': r'w8a8', 'qat': r'qat', 'prune': r'prune(\d\d)(_int8)?', 'oneshot': r'oneshot(\d\d)',
@@ -76,7 +76,6 @@ def parse_methods(text: str) -> list[str]:
 def check_methods(methods: list[str], model_name: str) -> None:
   """Raises ValueError (naming the methods and the models they support) for methods that do not apply to model
   `model_name`; checked before anything is written."""
-  from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
   limits = [(('structured', 'distill'), structured.SUPPORTED), (('w8a8',), int8_exec.SUPPORTED)]
   for prefixes, supported in limits:
     bad = [m for m in methods if m.startswith(prefixes)]
@@ -131,14 +130,7 @@ def _tuples(value):
 
 def _set(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """A copy of `config` (from a config.json) with dotted-key `overrides`."""
-  config = ml_collections.ConfigDict(_tuples(config.to_dict()))
-  for key, value in overrides.items():
-    parent = config
-    *path, leaf = key.split('.')
-    for part in path:
-      parent = parent[part]
-    parent[leaf] = value
-  return config
+  return override(ml_collections.ConfigDict(_tuples(config.to_dict())), overrides)
 
 
 class Compressor:
@@ -286,10 +278,6 @@ class Compressor:
     return self.measure(name, 'post-training int8 weights, per output channel', directory)
 
   def w8a8(self, name: str) -> Row:
-    from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
-    if self.config.model.name not in int8_exec.SUPPORTED:
-      raise ConfigError('methods', name, f'a method other than {name} for model {self.config.model.name!r}: '
-                        f'integer execution supports {int8_exec.SUPPORTED}')
     config = _set(self.config, {})
     directory = self._write_model(name, config, self.source.params, 'int8', int8_matmul=True)
     return self.measure(name, 'int8 weights as int8, run with integer matmuls: activations quantized per row on '
@@ -321,13 +309,7 @@ class Compressor:
     return self.measure(name, f'one-shot magnitude pruning to {target:.0%}, no fine-tuning', directory,
                         sparsity=storage.sparsity(jax.device_get(params)))
 
-  def _require_structured(self, name: str) -> None:
-    if self.config.model.name not in structured.SUPPORTED:
-      raise ConfigError('methods', name, f'a method other than {name} for model {self.config.model.name!r}: '
-                        f'structured pruning and distillation support {structured.SUPPORTED}')
-
   def structured(self, name: str) -> Row:
-    self._require_structured(name)
     fraction = int(name[10:12]) / 100
     input_shape, num_classes = self.source.input_shape, self.source.num_classes
     keep = structured.keep_for_flops(self.config.model, input_shape=input_shape, num_classes=num_classes,
@@ -345,7 +327,6 @@ class Compressor:
                         f'{config.steps} fine-tune steps', directory, keep=keep, widths=widths)
 
   def distill(self, name: str) -> list[Row]:
-    self._require_structured(name)
     keep = structured.keep_for_flops(self.config.model, input_shape=self.source.input_shape,
                                      num_classes=self.source.num_classes, flops_fraction=DISTILL_FLOPS)
     student, _ = structured.shrink(self.config.model, jax.device_get(self.source.params), keep=keep)
@@ -372,7 +353,12 @@ class Compressor:
     return rows
 
   def run(self, methods: list[str]) -> list[Row]:
-    """The baseline and then each method, in order; a method's rows come back as they finish."""
+    """The baseline and then each method, in order.
+
+    Raises:
+      ValueError: a method that does not apply to this model (check_methods); nothing is written then.
+    """
+    check_methods(methods, self.config.model.name)
     os.makedirs(self.out, exist_ok=True)
     rows = [self.baseline()]
     for name in methods:

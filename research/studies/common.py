@@ -89,16 +89,10 @@ class Context:
     """The MNIST-1D preset with `overrides` (dotted keys), quiet, evaluated `evals` times over its steps, steps
     capped at max_steps; validated (ConfigError names a bad key)."""
     from configs import base, mnist1d  # pylint: disable=g-import-not-at-top
-    from research.config import validate  # pylint: disable=g-import-not-at-top
+    from research.config import override, validate  # pylint: disable=g-import-not-at-top
 
-    config = mnist1d.get_config(preset)
+    config = override(mnist1d.get_config(preset), overrides)
     config.progress = False
-    for key, value in overrides.items():
-      parent = config
-      *path, leaf = key.split('.')
-      for part in path:
-        parent = parent[part]
-      parent[leaf] = value
     if self.max_steps:
       config.steps = min(config.steps, self.max_steps)
     config.eval_every = max(1, config.steps // evals)
