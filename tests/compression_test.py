@@ -220,6 +220,17 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
   assert proc.returncode == 2 and 'qat/train was made with others' in proc.stderr, proc.stderr[-2000:]
 
 
+def test_methods_parse_and_apply_per_model():
+  from research.compression import compress  # pylint: disable=g-import-not-at-top
+  assert compress.parse_methods('int8, prune90_int8,structured50') == ['int8', 'prune90_int8', 'structured50']
+  compress.check_methods(['int8', 'w8a8', 'structured50', 'distill'], 'cnn')
+  compress.check_methods(['int8', 'qat', 'prune90', 'distill'], 'gpt')  # Distillation: a student with fewer layers.
+  with pytest.raises(ValueError, match=r"structured50 applies only to the models \('mlp', 'cnn'\), not 'gpt'"):
+    compress.check_methods(['structured50'], 'gpt')
+  with pytest.raises(ValueError, match="w8a8 applies only to .* not 'gru'"):
+    compress.check_methods(['w8a8'], 'gru')
+
+
 @pytest.mark.parametrize('args,message', [
     (['--methods=int8,prune'], "'prune' is not a method"),
     (['--methods=int8,int8'], "'int8' is given twice"),
@@ -240,7 +251,7 @@ def test_methods_a_model_does_not_support_exit_2_and_write_nothing(tmp_path, env
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / 'comp'
   proc = _run(['experiments.compress', f'--workdir={workdir}', f'--out={out}', '--methods=int8,w8a8'], env)
-  assert proc.returncode == 2 and "w8a8 support the models" in proc.stderr and "not 'gru'" in proc.stderr, \
+  assert proc.returncode == 2 and "w8a8 applies only to the models" in proc.stderr and "not 'gru'" in proc.stderr, \
       proc.stderr[-2000:]
   assert not out.exists()
 

@@ -20,8 +20,9 @@ ordinary workdir with its run card; rerunning skips finished ones). Methods (`pa
   oneshotNN      magnitude pruning of the trained weights with no fine-tuning, stored sparse.
   structuredNN   whole channels / hidden units removed (research/compression/structured.py) down to a dense model
                  with at most NN% of the FLOPs, then fine-tuned; stored float32.
-  distill        a student with the widths of structured25 trained from scratch with the trained run as teacher
-                 (Hinton et al. 2015), for `seeds` seeds, next to the same student without the teacher ('scratch').
+  distill        a student trained from scratch with the trained run as teacher (Hinton et al. 2015), for `seeds`
+                 seeds, next to the same student without the teacher ('scratch'): the widths of structured25 for the
+                 mlp and cnn, half the layers for the gpt.
 
 Measured per model, one after another in this process on one device: test accuracy (eval loss for a language
 model) through research.inference.evaluate, parameters (nonzero ones for pruned models), bytes of model.safetensors,
@@ -76,12 +77,12 @@ def parse_methods(text: str) -> list[str]:
 def check_methods(methods: list[str], model_name: str) -> None:
   """Raises ValueError (naming the methods and the models they support) for methods that do not apply to model
   `model_name`; checked before anything is written."""
-  limits = [(('structured', 'distill'), structured.SUPPORTED), (('w8a8',), int8_exec.SUPPORTED)]
+  limits = [(('structured',), structured.SUPPORTED), (('distill',), (*structured.SUPPORTED, 'gpt')),
+            (('w8a8',), int8_exec.SUPPORTED)]
   for prefixes, supported in limits:
     bad = [m for m in methods if m.startswith(prefixes)]
     if bad and model_name not in supported:
-      raise ValueError(f'--methods: {",".join(bad)} support the models {supported}, not {model_name!r}; the '
-                       'others apply to every model')
+      raise ValueError(f'--methods: {",".join(bad)} applies only to the models {supported}, not {model_name!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,10 +327,19 @@ class Compressor:
     return self.measure(name, f'{1 - keep:.0%} of the units removed (widths {widths}), '
                         f'{config.steps} fine-tune steps', directory, keep=keep, widths=widths)
 
-  def distill(self, name: str) -> list[Row]:
-    keep = structured.keep_for_flops(self.config.model, input_shape=self.source.input_shape,
+  def _student(self) -> tuple[dict, str]:
+    """The distilled student's model config and how it was made from the teacher's."""
+    model = dict(_tuples(self.config.model.to_dict()))
+    if model['name'] == 'gpt':  # DistilBERT / DistilGPT-2's choice: every other layer's worth, same width.
+      model['num_layers'] = max(1, model['num_layers'] // 2)
+      return model, f'{model["num_layers"]} of the teacher\'s layers, same width'
+    keep = structured.keep_for_flops(model, input_shape=self.source.input_shape,
                                      num_classes=self.source.num_classes, flops_fraction=DISTILL_FLOPS)
-    student, _ = structured.shrink(self.config.model, jax.device_get(self.source.params), keep=keep)
+    student, _ = structured.shrink(model, jax.device_get(self.source.params), keep=keep)
+    return student, f'widths of structured{round(DISTILL_FLOPS * 100)}'
+
+  def distill(self, name: str) -> list[Row]:
+    student, how = self._student()
     steps = self.options.distill_steps or self.config.steps
     rows = []
     for label, teacher in (('distill', self.source.workdir), ('scratch', '')):
@@ -343,7 +353,7 @@ class Compressor:
         values.append(card['final_metrics'][self.metric_name])
         if seed == 0:
           self._write_model(label, config, params, 'float32')
-      what = (f'student (widths of structured{round(DISTILL_FLOPS * 100)}) distilled from the trained run, '
+      what = (f'student ({how}) distilled from the trained run, '
               f'T={self.config.compression.temperature:g}, alpha={self.config.compression.distill_weight:g}'
               if teacher else 'the same student trained from scratch')
       row = self.measure(label, f'{what}; {steps} steps, mean of {len(values)} seeds (the saved model: seed 0)',
