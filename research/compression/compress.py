@@ -188,7 +188,7 @@ class Compressor:
 
   def time_all(self, rounds: int = 3, min_seconds: float = 0.3) -> None:
     """Batch-1 latency, throughput and energy of every measured model, interleaved over `rounds` rounds so that
-    machine noise hits all alike; each figure is the median over the rounds.
+    machine noise hits all alike.
 
     Per model and round: p50 of 50 batch-1 calls; examples/s of the median of 5 full eval batches; joules of full
     batches run for at least `min_seconds` and 1,000 predictions, per 1,000 predictions. Latency and throughput
@@ -200,12 +200,8 @@ class Compressor:
       # Each round starts at another model, so that no model is always the first after a pause.
       for row, forward, params in self._timed[r:] + self._timed[:r]:
         latency = cost.batch1_latency_ms(forward, params, batch, examples=50)
-        jax.block_until_ready(forward(params, batch))
-        times = []
-        for _ in range(5):
-          t0 = time.perf_counter()
-          jax.block_until_ready(forward(params, batch))
-          times.append(time.perf_counter() - t0)
+        jax.block_until_ready(forward(params, batch))  # Compiles the full-batch shape.
+        batch_ms = cost.call_latency_ms(forward, params, batch, calls=5)['p50_ms']
         meter = cost.EnergyMeter(self.config.accounting.energy_source,
                                  watts_per_core=self.config.accounting.watts_per_busy_core)
         meter.start()
@@ -214,7 +210,7 @@ class Compressor:
           jax.block_until_ready(forward(params, batch))
           predictions += len(batch)
         energy = meter.read()
-        figures[id(row)].append((latency['p50_ms'], len(batch) / float(np.median(times)),
+        figures[id(row)].append((latency['p50_ms'], 1e3 * len(batch) / batch_ms,
                                  energy['joules'] * 1000 / predictions, energy['source'], energy['assumptions']))
     for row, _, _ in self._timed:
       f = figures[id(row)]
