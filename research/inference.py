@@ -149,14 +149,13 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   available = _checkpoint_steps(ckpt_dir)
   compressed = os.path.join(workdir, COMPRESSED_FILE)
-  if not available and os.path.isfile(compressed):
-    return _load_compressed(workdir, config, compressed)
-  if not available:
+  compressed = compressed if not available and os.path.isfile(compressed) else None
+  if not available and compressed is None:
     raise RunNotFoundError(f'no checkpoint in {ckpt_dir}: the run saved none yet (rerun its experiments.train '
                            'command to finish it; checkpoints are written every config.checkpoint_every steps)')
-  if step is None:
+  if compressed is None and step is None:
     step = available[-1]
-  elif step not in available:
+  elif compressed is None and step not in available:
     raise RunNotFoundError(f'no checkpoint at step {step} in {ckpt_dir}; available steps: {available}')
   if config.dataset.name not in data.DATASETS:
     raise ValueError(f'dataset.name {config.dataset.name!r} in {workdir}/config.json must be one of '
@@ -168,6 +167,10 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   input_shape = data.example_shape(config.dataset)
   model, _, _, template = loop.create_model_and_state(
       config, num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh, abstract=True)
+  if compressed is not None:
+    model, params, step = _load_compressed(workdir, config, compressed, model, template.params, mesh)
+    return Run(workdir=workdir, config=config, model=model, params=params, step=step,
+               num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints, async_save=False)
   try:
     state = ckpt.restore(template, step=step).state
@@ -177,18 +180,30 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
              num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
 
 
-def _load_compressed(workdir: str, config: ml_collections.ConfigDict, path: str) -> Run:
-  """A model written by experiments.compress: config.json + one compact params file, decoded to float32."""
+def place_params(loaded, template):
+  """Host params (nested dicts of arrays) placed like `template`: the abstract state's params, whose shapes must
+  match and whose dtypes and shardings they take.
+
+  Raises:
+    ValueError: other names or shapes than the template's.
+  """
+  want = jax.tree.map(lambda x: tuple(x.shape), template)
+  got = jax.tree.map(lambda x: tuple(np.shape(x)), loaded)
+  if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+    raise ValueError('params with other names or shapes than the model\'s')
+  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), loaded, template)
+
+
+def _load_compressed(workdir: str, config: ml_collections.ConfigDict, path: str, model: nn.Module, template,
+                     mesh: Mesh) -> tuple[Any, Any, int]:
+  """The model, params and step of a directory written by experiments.compress (config.json + one compact params
+  file): params decoded to float32, or kept int8 for integer execution (compression.int8_matmul)."""
   from research.compression import storage  # pylint: disable=g-import-not-at-top
-  spec = data.DATASETS[config.dataset.name]
-  mesh = _make_mesh(config)
-  input_shape = data.example_shape(config.dataset)
-  model, _, _, template = loop.create_model_and_state(
-      config, num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh, abstract=True)
   params, fmt, metadata = storage.load(path)
-  shapes = jax.tree.map(lambda x: tuple(x.shape), template.params)
-  if jax.tree.map(lambda x: tuple(np.shape(x)), params) != shapes:
-    raise RunNotFoundError(f'{path} does not hold params of the model in {workdir}/config.json')
+  try:
+    params = place_params(params, template)  # Checks the file against config.json's model as well.
+  except ValueError as e:
+    raise RunNotFoundError(f'{path} does not hold params of the model in {workdir}/config.json ({e})') from e
   if config.compression.int8_matmul:
     from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
     if fmt != 'int8' or config.model.name not in int8_exec.SUPPORTED:
@@ -198,10 +213,7 @@ def _load_compressed(workdir: str, config: ml_collections.ConfigDict, path: str)
     quantized, _, _ = storage.load(path, quantized=True)
     params = jax.device_put(quantized, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     model = int8_exec.Int8Model(model)
-  else:
-    params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, template.params)
-  return Run(workdir=workdir, config=config, model=model, params=params, step=int(metadata.get('step', 0)),
-             num_classes=spec.num_classes, input_shape=input_shape, mesh=mesh)
+  return model, params, int(metadata.get('step', 0))
 
 
 def evaluate(run: Run, split: str = 'test', *, data_dir: str | None = None) -> dict:

@@ -18,14 +18,6 @@ def _load_run(workdir: str, key: str):
     raise ConfigError(key, workdir, f'a trained run\'s workdir ({e})') from e
 
 
-def _same_tree(loaded, template, key: str, source: str) -> None:
-  want = jax.tree.map(lambda x: tuple(x.shape), template)
-  got = jax.tree.map(lambda x: tuple(np.shape(x)), loaded)
-  if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
-    raise ConfigError(key, source, 'params of this config\'s model (same names and shapes); the model config must '
-                      'match the one they were trained or saved with')
-
-
 def init_params(path: str, template):
   """Params to start training from, placed like `template` (the fresh state's params).
 
@@ -44,9 +36,13 @@ def init_params(path: str, template):
     except ValueError as e:
       raise ConfigError(key, path, f'a params file written by research.compression.storage ({e})') from e
   else:
-    loaded = _load_run(path, key).params
-  _same_tree(loaded, template, key, path)
-  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), loaded, template)
+    loaded = jax.device_get(_load_run(path, key).params)
+  from research import inference  # pylint: disable=g-import-not-at-top  (see _load_run)
+  try:
+    return inference.place_params(loaded, template)
+  except ValueError as e:
+    raise ConfigError(key, path, f'params of this config\'s model: {e}; the model config must match the one they '
+                      'were trained or saved with') from e
 
 
 def teacher(comp) -> steps_lib.Teacher | None:
