@@ -1,0 +1,108 @@
+r"""JAX vs PyTorch, side by side on this machine: train-step time, MFU and batch-1 latency of each model family.
+
+Usage:
+  make bench                                          # installs CPU PyTorch, writes results/benchmarks.{md,json}
+  python -m experiments.benchmark --out=/tmp/bench    # needs torch (the [reference] extra)
+  python -m experiments.benchmark --models=mnist1d_cnn,lm_tiny --repeats=9
+  python -m experiments.benchmark --notorch --models=mnist1d_mlp   # JAX figures only
+
+Models (--models, comma-separated; default all): mnist1d_cnn, mnist1d_mlp, mnist1d_gru, mnist1d_lstm (configs/
+mnist1d.py), mnist_cnn (configs/mnist.py:cnn, 28x28 inputs), lm_tiny and lm_small (configs/lm.py). Each is the
+preset's model, batch size and optimizer; research/benchmark.py says what is timed and how. Writes OUT/benchmarks.md
+(machine, command, table, the targets met or not) and OUT/benchmarks.json. Exit codes: 0 done, 2 bad input, 1
+otherwise.
+"""
+
+import json
+import os
+import shlex
+import sys
+import time
+
+from absl import app, flags
+
+from experiments import cli
+
+_MODELS = flags.DEFINE_string('models', 'all', 'Comma-separated benchmark models, or all.')
+_OUT = flags.DEFINE_string('out', None, 'Directory for benchmarks.md and benchmarks.json (none: print only).')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Train steps per timed block; 0: enough for about --block_s seconds.',
+                              lower_bound=0)
+_BLOCK_S = flags.DEFINE_float('block_s', 0.5, 'Target seconds per timed block when --steps=0.', lower_bound=0.01)
+_REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed blocks per framework (interleaved).', lower_bound=1)
+_LATENCY_CALLS = flags.DEFINE_integer('latency_calls', 20, 'Batch-1 calls per round.', lower_bound=1)
+_TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch twins (needs torch); --notorch: JAX only.')
+
+# name -> (preset module, preset argument)
+CASES = {
+    'mnist1d_cnn': ('mnist1d', 'cnn'),
+    'mnist1d_mlp': ('mnist1d', 'mlp'),
+    'mnist1d_gru': ('mnist1d', 'gru'),
+    'mnist1d_lstm': ('mnist1d', 'lstm'),
+    'mnist_cnn': ('mnist', 'cnn'),
+    'lm_tiny': ('lm', 'tiny'),
+    'lm_small': ('lm', 'small'),
+}
+
+
+def parse_models(spec: str) -> list[str]:
+  names = list(CASES) if spec == 'all' else [n.strip() for n in spec.split(',') if n.strip()]
+  unknown = [n for n in names if n not in CASES]
+  if unknown or not names:
+    raise ValueError(f'--models ({spec!r}): unknown {unknown or "(empty)"}; allowed: all or any of {list(CASES)}')
+  return names
+
+
+def make_case(name: str):
+  """The benchmark case of `name`: its preset's config and its data's shapes (no dataset is read)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from research import benchmark, data  # pylint: disable=g-import-not-at-top
+
+  module, arg = CASES[name]
+  config = importlib.import_module(f'configs.{module}').get_config(arg)
+  spec = data.DATASETS[config.dataset.name]
+  input_shape = (config.dataset.seq_len,) if spec.task == 'lm' else spec.input_shape
+  return benchmark.Case(name, config, input_shape, spec.num_classes)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.usage_error(f'unexpected arguments: {argv[1:]}')
+  try:
+    names = parse_models(_MODELS.value)
+  except ValueError as e:
+    cli.usage_error(str(e))
+  if _TORCH.value:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      cli.usage_error("--torch needs PyTorch, which is not installed: `make bench` installs it (CPU build), or "
+                      "pip install -e '.[reference]'; --notorch times JAX alone")
+  from research import benchmark, cost, host  # pylint: disable=g-import-not-at-top  (heavy; after the flags)
+
+  host.keep_freed_memory()  # As experiments.train does: no per-step page faults (research/host.py).
+  t0 = time.time()
+  peak, peak_source = cost.peak_flops_per_s('float32')
+  print(f'Peak: {peak / 1e9:.0f} GFLOP/s ({peak_source})', flush=True)
+  rows = {}
+  for name in names:
+    case = make_case(name)
+    rows[name] = benchmark.run_case(case, steps=_STEPS.value, block_s=_BLOCK_S.value, repeats=_REPEATS.value,
+                                    latency_calls=_LATENCY_CALLS.value, peak=peak, with_torch=_TORCH.value,
+                                    progress=lambda line: print(line, flush=True))
+  command = 'python -m experiments.benchmark ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+  report = {'machine': benchmark.machine(), 'peak_flops_per_s': peak, 'peak_source': peak_source,
+            'command': command, 'models': rows}
+  text = benchmark.markdown(report)
+  print('\n' + text)
+  if _OUT.value:
+    os.makedirs(_OUT.value, exist_ok=True)
+    for file, content in (('benchmarks.md', text), ('benchmarks.json', json.dumps(report, indent=1) + '\n')):
+      tmp = os.path.join(_OUT.value, f'.{file}.tmp')
+      with open(tmp, 'w') as f:
+        f.write(content)
+      os.replace(tmp, os.path.join(_OUT.value, file))  # Never a half-written table.
+    print(f'Wrote {_OUT.value}/benchmarks.md and benchmarks.json in {time.time() - t0:.0f} s.', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
