@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock setup.cfg | cksum | cu
 # Two workers: most end-to-end tests wait on subprocesses, and CI has 2 cores (pytest-xdist is in the lock).
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test compare venv lock clean
+.PHONY: demo test compare bench venv lock clean
 
 venv: $(STAMP)
 
@@ -26,14 +26,25 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# Parity with Hugging Face's GPT-2 (results/gpt2_parity.md): installs the [reference] extra (torch, transformers;
-# never in requirements.lock), CPU-only torch from PyTorch's index where reachable (PyPI's pulls GBs of CUDA libs).
+# The [reference] extra (torch, transformers; never in requirements.lock) for the PyTorch comparisons: CPU-only torch
+# from PyTorch's index where reachable (PyPI's pulls GBs of CUDA libs); installed once per venv.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-compare: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 15 torch --index-url $(TORCH_CPU_INDEX) \
+REFERENCE := $(VENV)/.reference-installed
+$(REFERENCE): $(STAMP)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 15 \
+	  torch --index-url $(TORCH_CPU_INDEX) \
 	  || echo "note: $(TORCH_CPU_INDEX) is not reachable; installing torch from the default index" >&2
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[reference]'
+	touch $@
+
+# Parity with Hugging Face's GPT-2 (results/gpt2_parity.md).
+compare: $(REFERENCE)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/gpt2_parity.py
+
+# JAX vs PyTorch side by side on this machine (results/benchmarks.md): train step, MFU, batch-1 latency, data wait.
+BENCH_ARGS ?= --out=results
+bench: $(REFERENCE)
+	$(PY) -m experiments.benchmark $(BENCH_ARGS)
 
 # Regenerates requirements.lock from setup.cfg's ranges in a scratch venv (run after changing dependencies).
 lock:
