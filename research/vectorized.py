@@ -8,7 +8,7 @@ batched matmuls instead of T small ones. What may differ between the trials of a
   optimizer.learning_rate  per-trial learning-rate schedule (the trial's own schedule, tabulated per step)
   optimizer.weight_decay   a per-trial coefficient (a zero coefficient adds exactly 0)
   optimizer.l1, .l2        per-trial penalty coefficients
-  model.dropout_rate       per-trial rate (nn.Dropout's rate is a static field: calls are intercepted, below)
+  model.dropout_rate       per-trial rate (layers.Dropout's rate is a static field: calls are intercepted, below)
 
 Every other key changes the program itself (another architecture, optimizer, batch shape, step count) and is
 refused with VectorizeError naming it. Each trial then gets the workdir of an ordinary run: config.json,
@@ -31,6 +31,7 @@ import numpy as np
 
 from research import checkpointing, cost, data, metrics as metrics_lib, models, run_card
 from research import workdir as workdir_lib
+from research.models import layers
 from research.training import accounting, loop, optim, steps as steps_lib
 from research.training import train_state as train_state_lib
 from research.training.preemption import StopRequest
@@ -46,7 +47,7 @@ VECTORIZABLE = ('seed', 'optimizer.learning_rate', 'optimizer.weight_decay', 'op
                 'model.dropout_rate')
 # Keys that may differ without changing what a trial computes (where it writes, how it logs and reports progress).
 _IGNORED = ('progress', 'dataset.data_dir')
-# Models whose dropout is all nn.Dropout(model.dropout_rate) calls, so a per-trial rate can be intercepted.
+# Models whose dropout is all layers.Dropout(model.dropout_rate) calls, so a per-trial rate can be intercepted.
 DROPOUT_MODELS = ('mlp', 'cnn', 'cnn2d', 'lenet5', 'gru', 'lstm', 'transformer')
 _WHY = {  # Why a key cannot differ within a group; the default names the vectorizable keys.
     'model.': 'another architecture is another program (other parameter shapes)',
@@ -171,25 +172,22 @@ class _Coefficient:
 
 
 def _dropout_interceptor(keep_prob: jax.Array) -> Callable:
-  """Replaces nn.Dropout.__call__ (whose rate is a static field) by the same computation at a traced rate.
+  """Replaces layers.Dropout.__call__ (whose rate is a static field) by the same computation at a traced rate.
 
-  The same draws as flax's Dropout (bernoulli(make_rng('dropout'), keep_prob) over the same shape, inputs /
-  keep_prob where kept); a rate of 0 returns the inputs unchanged, as flax does.
+  The same draws as the module (layers.dropout(make_rng('dropout'), inputs, keep_prob)); a rate of 0 returns the
+  inputs unchanged, as the module does.
   """
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if not isinstance(module, nn.Dropout) or context.method_name != '__call__':
+    if not isinstance(module, layers.Dropout) or context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     inputs, *rest = args
     deterministic = nn.merge_param('deterministic', module.deterministic,
                                    kwargs.get('deterministic', rest[0] if rest else None))
     if deterministic:
       return inputs
-    rng = kwargs.get('rng') or module.make_rng(module.rng_collection)
-    shape = [1 if d in module.broadcast_dims else n for d, n in enumerate(inputs.shape)]
-    mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep_prob, shape=shape), inputs.shape)
-    dropped = jax.lax.select(mask, inputs / keep_prob.astype(inputs.dtype), jnp.zeros_like(inputs))
+    dropped = layers.dropout(module.make_rng(module.rng_collection), inputs, keep_prob)
     return jnp.where(keep_prob == 1.0, inputs, dropped)
 
   return interceptor

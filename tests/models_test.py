@@ -153,6 +153,33 @@ def test_im2col_conv_equals_nn_conv(shape, features, kernel, strides, padding):
                                  params, x)
 
 
+@pytest.mark.parametrize('keep', [0.8, 0.5, 0.75, 0.123])
+def test_fast_dropout_keeps_the_rounded_fraction_and_preserves_the_mean(keep):
+  x = jnp.ones((301, 257))  # An odd element count: the last 32-bit word is half used.
+  out = layers.dropout(jax.random.key(0), x, keep)
+  rounded = round(keep * 65536) / 65536
+  kept = np.asarray(out != 0)
+  assert abs(kept.mean() - rounded) < 4 * np.sqrt(keep * (1 - keep) / x.size)  # Four standard errors.
+  np.testing.assert_allclose(np.asarray(out)[kept], 1 / rounded, rtol=1e-6)  # Inverted: kept / keep.
+  # Same key, same mask; another key, another; a traced keep probability gives the same as a Python float.
+  np.testing.assert_array_equal(out, layers.dropout(jax.random.key(0), x, keep))
+  assert (np.asarray(layers.dropout(jax.random.key(1), x, keep)) != np.asarray(out)).any()
+  traced = jax.jit(layers.dropout)(jax.random.key(0), x, jnp.float32(keep))
+  np.testing.assert_array_equal(traced, out)
+
+
+def test_dropout_module_is_the_identity_at_eval_and_at_rate_0_and_zero_at_rate_1():
+  x = jnp.arange(12.0).reshape(3, 4)
+  rngs = {'dropout': jax.random.key(0)}
+  assert (layers.Dropout(0.5, deterministic=True).apply({}, x, rngs=rngs) == x).all()
+  assert (layers.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs) == x).all()
+  assert (layers.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs) == 0).all()
+  out = np.asarray(layers.Dropout(0.5).apply({}, x, deterministic=False, rngs=rngs))
+  kept = out != 0
+  np.testing.assert_array_equal(out[kept], 2 * np.asarray(x)[kept])
+  assert 0 < kept.sum() < 11  # x[0] is 0 either way; some of the other 11 dropped, some kept.
+
+
 @pytest.mark.parametrize('shape,window', [((4, 24, 24, 8), (2, 2)), ((2, 5, 7, 3), (2, 2)), ((3, 9, 4), (3,))])
 def test_reshape_max_pool_equals_nn_max_pool_after_relu(shape, window):
   x = _normal(seed=0, shape=shape)

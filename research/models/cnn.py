@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import dense, Im2colConv, max_pool
+from research.models.layers import dense, Dropout, Im2colConv, max_pool
 
 
 def _require_images(model: str, x: jax.Array) -> None:
@@ -54,7 +54,7 @@ class CNN(nn.Module):
       conv = Im2colConv(features, (k,), (s,), self.padding, weight_init=self.weight_init)
       x = nn.relu(conv(x))  # [batch, (L + 2p - k) // s + 1, features]
     x = x.reshape(x.shape[0], -1)  # [batch, length' * features]
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return dense(self.num_classes, init=self.weight_init, fan_in=x.shape[-1], axes=('embed', 'classes'))(x)
 
 
@@ -87,9 +87,9 @@ class CNN2D(nn.Module):
       conv = Im2colConv(features, (3, 3), weight_init=self.weight_init)
       x = nn.relu(conv(x, im2col=train))  # [batch, H - 2, W - 2, features]
     x = max_pool(x, (2, 2))  # [batch, H / 2, W / 2, features]
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x.reshape(x.shape[0], -1))  # [batch, H*W*C / 4]
+    x = Dropout(self.dropout_rate, deterministic=not train)(x.reshape(x.shape[0], -1))  # [batch, H*W*C / 4]
     x = nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=x.shape[-1])(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return dense(self.num_classes, init=self.weight_init, fan_in=self.hidden_size, axes=('mlp', 'classes'))(x)
 
 
@@ -121,5 +121,5 @@ class LeNet5(nn.Module):
     x = x.reshape(x.shape[0], -1)  # [batch, 400]
     x = nn.relu(dense(120, init=self.weight_init, fan_in=x.shape[-1])(x))
     x = nn.relu(dense(84, init=self.weight_init, fan_in=120)(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return dense(self.num_classes, init=self.weight_init, fan_in=84, axes=('mlp', 'classes'))(x)

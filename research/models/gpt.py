@@ -17,7 +17,7 @@ prompt of any length and each later call feeds one token at a fixed shape: one c
 position (research/generation.py).
 
 Speed on XLA:CPU (benchmarks/gpt_step.py): the projections and MLP are 2-D matmuls on [batch * time, features]
-rows whose weight gradients run through YNNPACK (`_Dense`, `_cpu_matmul`).
+rows whose weight gradients run through YNNPACK (`_Dense`, `layers.matmul`).
 """
 
 import math
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import logical
+from research.models.layers import Dropout, logical, matmul
 
 ATTENTIONS = ('auto', 'einsum', 'xla', 'cudnn')
 LAYER_NORM_EPS = 1e-5  # GPT-2's (flax's default is 1e-6).
@@ -42,33 +42,10 @@ def _layer_norm(name: str | None = None) -> nn.LayerNorm:
                       bias_init=logical(_ZEROS, 'embed'), name=name)
 
 
-@jax.custom_vjp
-def _cpu_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x @ w ([rows, in] @ [in, out]) whose weight gradient XLA:CPU runs through YNNPACK.
-
-  Why: autodiff's weight gradient x^T g is a dot contracting both operands' first dimension, which XLA:CPU gives to
-  Eigen at ~45 GFLOP/s per core; transposing x first (materialised by the optimisation barrier, 0.1 ms) makes it a
-  plain matmul that YNNPACK runs at ~80 (768x128 by 768x512: 1.9 -> 1.3 ms). Same math as autodiff's.
-  """
-  return x @ w
-
-
-def _cpu_matmul_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _cpu_matmul_bwd(residuals, g):
-  x, w = residuals
-  return g @ w.T, jax.lax.optimization_barrier(x.T) @ g
-
-
-_cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
-
-
 class _Dense(nn.Module):
   """nn.Dense / nn.DenseGeneral's params and function as one 2-D matmul on rows [batch * time, features].
 
-  Why: to route every weight gradient through _cpu_matmul (flax's Dense/DenseGeneral differentiate through
+  Why: to route every weight gradient through layers.matmul (flax's Dense/DenseGeneral differentiate through
   lax.dot_general, whose MLP weight gradients XLA:CPU gave to Eigen); with it the baby GPT's train step
   (benchmarks/gpt_step.py) went from 55 to 51 ms min, 79 to 67 ms median, interleaved in one process. The kernel keeps
   its multi-axis shape (e.g. qkv's [D, 3, heads, head_dim]), so the parameter tree, its init values, its sharding
@@ -94,7 +71,7 @@ class _Dense(nn.Module):
     dtype = jnp.result_type(x, kernel, bias)
     x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
     kernel = kernel.reshape(math.prod(self.kernel_shape[:self.in_axes]), -1)  # [in, out]
-    y = _cpu_matmul(x, kernel) if jax.default_backend() == 'cpu' else x @ kernel
+    y = matmul(x, kernel)
     return y + bias.reshape(-1)
 
 
@@ -203,7 +180,7 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool, decode: bool) -> jax.Array:
     """Args: x: [batch, time, D]; train, decode positional so that nn.remat can mark them static."""
     b, t, d = x.shape
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    drop = Dropout(self.dropout_rate, deterministic=not train)
     x = x + drop(CausalSelfAttention(self.num_heads, self.context, self.num_layers, self.attention, name='attn')(
         _layer_norm('ln_1')(x), decode=decode))
     h = _Dense((d, 4 * d), 1, ('embed', 'mlp'), 0.02, name='mlp_in')(_layer_norm('ln_2')(x).reshape(b * t, d))
@@ -268,7 +245,7 @@ class GPT(nn.Module):
       else:
         position.value = start + t
     x = wte(tokens) + jax.lax.dynamic_slice_in_dim(wpe, start, t).astype(wte.embedding.dtype)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block  # 2, 3: train, decode (0 is self).
     for i in range(self.num_layers):
       x = block(self.num_heads, self.context, self.num_layers, self.attention, self.dropout_rate,

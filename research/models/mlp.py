@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from research.models.layers import dense
+from research.models.layers import dense, Dropout
 
 
 class MLP(nn.Module):
@@ -29,7 +29,7 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: [batch, ...] (flattened); train: enables dropout. Returns: logits [batch, num_classes]."""
     x = x.reshape(x.shape[0], -1)  # [batch, features]
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    drop = Dropout(self.dropout_rate, deterministic=not train)
     h = drop(nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=x.shape[-1])(x)))
     # Hidden-to-hidden: the input side takes 'embed' (FSDP) so that a tensor axis splits one side only.
     second = nn.relu(dense(self.hidden_size, init=self.weight_init, fan_in=self.hidden_size)(h))

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import as_sequence, check_init, dense, logical, uniform
+from research.models.layers import as_sequence, check_init, dense, Dropout, logical, uniform
 
 
 def _per_gate_orthogonal(key, shape, dtype=jnp.float32):
@@ -140,7 +140,7 @@ class _RNNClassifier(nn.Module):
     if self.head not in ('flatten', 'last'):
       raise ValueError(f"model.head ({self.head!r}) must be 'flatten' or 'last'")
     check_init(self.weight_init)
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    drop = Dropout(self.dropout_rate, deterministic=not train)
     x = as_sequence(x)  # [batch, time, features]
     for layer in range(self.num_layers):
       rnn = lambda direction: HoistedRNN(self.cell_type, self.hidden_size, self.unroll, self.weight_init,

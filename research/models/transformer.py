@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.layers import as_sequence, logical
+from research.models.layers import as_sequence, Dropout, logical
 
 _KERNEL, _ZEROS = nn.initializers.lecun_normal(), nn.initializers.zeros_init()  # flax's Dense defaults.
 
@@ -63,7 +63,7 @@ class Block(nn.Module):
 
     Returns: [batch, time, D].
     """
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    drop = Dropout(self.dropout_rate, deterministic=not train)
     x = x + drop(SelfAttention(self.num_heads)(_layer_norm()(x)))
     # Tensor parallel (Megatron): the first MLP matmul split by columns ('mlp'), the second by rows.
     h = nn.Dense(self.mlp_ratio * x.shape[-1], kernel_init=logical(_KERNEL, 'embed', 'mlp'),
@@ -117,7 +117,7 @@ class Transformer(nn.Module):
                  name='embed')(x)  # [batch, tokens, D]
     positions = self.param('pos_embed', logical(nn.initializers.normal(0.02), None, 'embed'),
                            x.shape[1:])  # [tokens, D]
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + positions)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x + positions)
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # Argument 2: `train` (0 is self).
     for i in range(self.num_layers):
       x = block(self.num_heads, self.mlp_ratio, self.dropout_rate, name=f'Block_{i}')(x, train)
