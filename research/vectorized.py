@@ -368,13 +368,14 @@ def _train_steps(group: Group, writers: Sequence, timers: accounting.Timers) -> 
   last_train, last_eval, nonfinite_at = [{}] * n, [{}] * n, [None] * n
   stop = StopRequest()
   progress = metrics_lib.Progress(total=config.steps, initial=0, enabled=config.progress)
-  t_train = time.time()
+  t_train, in_flight = time.time(), None
   try:
     for step in range(1, config.steps + 1):
       t0 = time.perf_counter()
       batch = group.next_batch()
-      timers.data_wait_s += time.perf_counter() - t0
+      timers.add_fetch(time.perf_counter() - t0, in_flight=in_flight)
       state, step_metrics = group.train_step(group.hyperparams, state, batch)
+      in_flight = step_metrics['loss']
       pending.append(step_metrics)
       progress.update(step)
       done = step == config.steps

@@ -196,13 +196,14 @@ def _train_steps(session: _Session, state: TrainState, start_step: int) -> _Outc
   progress = metrics_lib.Progress(total=config.steps, initial=start_step,
                                   enabled=config.progress and jax.process_index() == 0)
   pending, last_train, last_eval, stop_reason, message, steps_run = [], {}, {}, 'steps', None, None
-  step, t_train = start_step, time.time()
+  step, t_train, in_flight = start_step, time.time(), None
   try:
     while step < config.steps:
       t0 = time.perf_counter()
       batch = sharding.put_batch(next(session.train_iter), session.mesh)
-      timers.data_wait_s += time.perf_counter() - t0
+      timers.add_fetch(time.perf_counter() - t0, in_flight=in_flight)
       state, step_metrics = session.train_step(state, batch)
+      in_flight = step_metrics['loss']
       step += 1
       pending.append(step_metrics)
       progress.update(step)
