@@ -34,6 +34,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed blocks per framework (inter
 _LATENCY_CALLS = flags.DEFINE_integer('latency_calls', 20, 'Batch-1 calls per round.', lower_bound=1)
 _DATA_WAIT_S = flags.DEFINE_float('data_wait_s', 10.0, 'Seconds of real training (the loop, the input pipeline) per '
                                    'model for the data-wait share; 0 skips it.', lower_bound=0)
+_COMPUTE_DTYPE = flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'],
+                                   'Forward/backward dtype of both frameworks (bfloat16: JAX compute_dtype, PyTorch '
+                                   'autocast; params and optimizer state stay float32).')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: time this one model in this process and print its row.')
 _PEAK = flags.DEFINE_float('peak', 0.0, 'Internal: the peak FLOP/s a child measures MFU against.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch twins (needs torch); --notorch: JAX only.')
@@ -78,6 +81,7 @@ def _run_one(name: str, peak: float) -> dict:
   from research import benchmark  # pylint: disable=g-import-not-at-top
 
   case = make_case(name)
+  case.config.compute_dtype = _COMPUTE_DTYPE.value
   row = benchmark.run_case(case, steps=_STEPS.value, block_s=_BLOCK_S.value, repeats=_REPEATS.value,
                            latency_calls=_LATENCY_CALLS.value, peak=peak, with_torch=_TORCH.value,
                            progress=lambda line: print(line, flush=True))
@@ -97,7 +101,7 @@ def _run_child(name: str, peak: float) -> dict:
   thread pools and caches); measured here, a second large model timed in the same process as another ran up to 2x
   slower, for reasons that belong to the host's allocator, not to either framework.
   """
-  flag_names = ('steps', 'block_s', 'repeats', 'latency_calls', 'data_wait_s', 'torch')
+  flag_names = ('steps', 'block_s', 'repeats', 'latency_calls', 'data_wait_s', 'torch', 'compute_dtype')
   args = [f'--{n}={flags.FLAGS[n].value}' for n in flag_names] + [f'--child={name}', f'--peak={peak!r}']
   proc = subprocess.Popen([sys.executable, '-m', 'experiments.benchmark', *args], stdout=subprocess.PIPE, text=True)
   row = None
@@ -132,11 +136,12 @@ def main(argv: list[str]) -> None:
     print(_ROW_PREFIX + json.dumps(_run_one(_CHILD.value, _PEAK.value)), flush=True)
     return
   t0 = time.time()
-  peak, peak_source = benchmark.machine_peak(with_torch=_TORCH.value)
+  peak, peak_source = benchmark.machine_peak(with_torch=_TORCH.value, dtype=_COMPUTE_DTYPE.value)
   print(f'Peak: {peak / 1e9:.0f} GFLOP/s ({peak_source})', flush=True)
   rows = {name: _run_child(name, peak) for name in names}
   command = 'python -m experiments.benchmark ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
-  report = {'machine': benchmark.machine(), 'peak_flops_per_s': peak, 'peak_source': peak_source,
+  report = {'machine': benchmark.machine(), 'compute_dtype': _COMPUTE_DTYPE.value, 'peak_flops_per_s': peak,
+            'peak_source': peak_source,
             'command': command, 'models': rows}
   text = benchmark.markdown(report)
   print('\n' + text)

@@ -97,16 +97,23 @@ def torch_runner(case: Case) -> tuple[Callable[[int], None], Callable[[np.ndarra
 
   config = case.config
   torch.manual_seed(config.seed)
-  model = torch_models.build(config.model, input_shape=case.input_shape, num_classes=case.num_classes)
+  # Where JAX runs on a GPU, the twin runs on one too (and its timings wait for the GPU, as JAX's do).
+  device = torch.device('cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu')
+  sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
+  # compute_dtype bfloat16: JAX casts params and inputs for the forward and backward, keeping f32 params and
+  # optimizer state; autocast is PyTorch's way to the same mixed precision.
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.compute_dtype == 'bfloat16')
+  model = torch_models.build(config.model, input_shape=case.input_shape, num_classes=case.num_classes).to(device)
   opt = torch_optimizer(config.optimizer, model.parameters())
   batch = synthetic_batch(case, config.batch_size)
-  inputs = torch.from_numpy(batch['inputs']).long() if case.language_model else torch.from_numpy(batch['inputs'])
-  labels = torch.from_numpy(batch['labels']).long()
+  to_tensor = lambda x: (torch.from_numpy(x).long() if case.language_model else torch.from_numpy(x)).to(device)
+  inputs, labels = to_tensor(batch['inputs']), torch.from_numpy(batch['labels']).long().to(device)
   clip = config.optimizer.grad_clip_norm
 
   def one_step():
-    logits = model(inputs)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    with autocast:
+      logits = model(inputs)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip > 0:
@@ -117,11 +124,12 @@ def torch_runner(case: Case) -> tuple[Callable[[int], None], Callable[[np.ndarra
     model.train()
     for _ in range(n):
       one_step()
+    sync()
 
   def forward(x: np.ndarray):
     model.eval()
-    with torch.inference_mode():
-      return model(torch.from_numpy(x).long() if case.language_model else torch.from_numpy(x)).numpy()
+    with torch.inference_mode(), autocast:
+      return model(to_tensor(x)).float().cpu().numpy()
 
   return train, forward, sum(p.numel() for p in model.parameters())
 
@@ -232,11 +240,11 @@ def run_case(case: Case, *, steps: int, repeats: int, latency_calls: int, peak: 
   return row
 
 
-def torch_matmul_flops_per_s(size: int = 2048, *, repeats: int = 5) -> float:
-  """Best FLOP/s of a `size`-square float32 matmul in PyTorch (its BLAS), over `repeats` after a warm-up."""
+def torch_matmul_flops_per_s(size: int = 2048, *, repeats: int = 5, dtype: str = 'float32') -> float:
+  """Best FLOP/s of a `size`-square matmul in PyTorch on the CPU (its BLAS), over `repeats` after a warm-up."""
   import torch  # pylint: disable=g-import-not-at-top
 
-  a, b = torch.randn(size, size), torch.randn(size, size)
+  a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
   a @ b
   best = float('inf')
   for _ in range(repeats):
@@ -246,29 +254,29 @@ def torch_matmul_flops_per_s(size: int = 2048, *, repeats: int = 5) -> float:
   return 2.0 * size ** 3 / best
 
 
-def machine_peak(*, with_torch: bool, size: int = 2048) -> tuple[float, str]:
+def machine_peak(*, with_torch: bool, dtype: str = 'float32', size: int = 2048) -> tuple[float, str]:
   """The peak FLOP/s that both frameworks' MFU is measured against, and its source.
 
-  On an accelerator, the datasheet (cost.peak_flops_per_s). On a CPU, measured now (not the run card's cached
-  figure, which a busy moment can leave low): the best of XLA's and, with torch, PyTorch's 2048-square float32
-  matmul, so that neither framework's MFU exceeds 100% merely because the other's BLAS is faster.
+  On an accelerator, the datasheet for `dtype` (cost.peak_flops_per_s). On a CPU, measured now (not the run card's
+  cached figure, which a busy moment can leave low): the best of XLA's and, with torch, PyTorch's `size`-square
+  matmul in `dtype`, so that neither framework's MFU exceeds 100% merely because the other's BLAS is faster.
   """
   if jax.devices()[0].platform != 'cpu':
-    return cost.peak_flops_per_s('float32')
-  xla = cost.peak.measure_matmul_flops_per_s(size, repeats=5)
+    return cost.peak_flops_per_s(dtype)
+  xla = cost.peak.measure_matmul_flops_per_s(size, repeats=5, dtype=jnp.dtype(dtype))
   if not with_torch:
-    return xla, f'measured now: {size}² float32 matmul in XLA, best of 5'
-  torch_peak = torch_matmul_flops_per_s(size)
+    return xla, f'measured now: {size}² {dtype} matmul in XLA, best of 5'
+  torch_peak = torch_matmul_flops_per_s(size, dtype=dtype)
   return max(xla, torch_peak), (f'measured now: the faster of XLA ({xla / 1e9:.0f} GFLOP/s) and PyTorch '
-                                f'({torch_peak / 1e9:.0f} GFLOP/s) on a {size}² float32 matmul, best of 5')
+                                f'({torch_peak / 1e9:.0f} GFLOP/s) on a {size}² {dtype} matmul, best of 5')
 
 
 def data_wait(case: Case, *, steps: int, workdir: str) -> dict:
-  """Trains `case` for `steps` steps through the real training loop and input pipeline (grain, prefetching), and
-  returns the run card's data wait as a share of the training time.
+  """Trains `case` for `steps` steps through the real training loop and input pipeline (grain), and returns the
+  run card's data wait as a share of the training time.
 
-  The loop's own accounting (research/training/accounting.py) measures the wait: time the step loop spends blocked
-  on the next batch. Evaluation is limited to a small fixed subset and checkpoints to the end, which the share does
+  The loop's own accounting measures the wait (accounting.Timers.add_fetch): time spent fetching a batch while
+  no step was in flight, i.e. with the devices idle on the pipeline. Evaluation is limited to a small fixed subset and checkpoints to the end, which the share does
   not count anyway. A dataset that is not prepared on this machine (MNIST offline) is replaced by
   tfds.testing.mock_data of the same shapes (the same pipeline code runs on it), and the row says so.
 
@@ -367,7 +375,8 @@ def markdown(report: dict) -> str:
   return '\n'.join([
       '# JAX vs PyTorch: train step and batch-1 inference, side by side', '',
       f"Machine: {m['cpu']}, {m['cores']} usable cores, {m['memory_gib']} GiB; JAX {m['jax']} on "
-      f"{m['jax_backend']} ({m['jax_device']}); {torch_line}. Peak for MFU: {report['peak_flops_per_s'] / 1e9:.0f} "
+      f"{m['jax_backend']} ({m['jax_device']}); {torch_line}; compute dtype {report.get('compute_dtype', 'float32')}. "
+      f"Peak for MFU: {report['peak_flops_per_s'] / 1e9:.0f} "
       f"GFLOP/s ({report['peak_source']}).", '',
       f"Command: `{report['command']}`", '',
       'Step times are per train step (forward, loss, backward, optimizer update) on one fixed batch, min / median '

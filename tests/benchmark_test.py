@@ -87,7 +87,7 @@ def test_jax_only_run_writes_the_report_with_data_wait(tmp_path):
               '--data_wait_s=0.0005', f'--out={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / 'benchmarks.json').read_text())
-  assert set(report) == {'machine', 'peak_flops_per_s', 'peak_source', 'command', 'models'}
+  assert set(report) == {'machine', 'compute_dtype', 'peak_flops_per_s', 'peak_source', 'command', 'models'}
   assert report['machine']['cores'] >= 1 and report['peak_flops_per_s'] > 1e9
   row = report['models']['mnist1d_mlp']
   assert row['params'] == 15_210 and row['batch_size'] == 100 and row['steps_per_block'] == 3
