@@ -21,7 +21,7 @@ import time
 
 import jax
 
-from experiments import benchmark as entry
+from experiments import benchmark_cases as entry
 from research import benchmark, host
 
 _WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'PjitFunction', 'CommonPjRt', '$')

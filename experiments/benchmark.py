@@ -24,6 +24,7 @@ import time
 from absl import app, flags
 
 from experiments import cli
+from experiments.benchmark_cases import CASES, make_case, parse_models
 
 _MODELS = flags.DEFINE_string('models', 'all', 'Comma-separated benchmark models, or all.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for benchmarks.md and benchmarks.json (none: print only).')
@@ -40,38 +41,6 @@ _COMPUTE_DTYPE = flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bflo
 _CHILD = flags.DEFINE_string('child', None, 'Internal: time this one model in this process and print its row.')
 _PEAK = flags.DEFINE_float('peak', 0.0, 'Internal: the peak FLOP/s a child measures MFU against.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Time the PyTorch twins (needs torch); --notorch: JAX only.')
-
-# name -> (preset module, preset argument)
-CASES = {
-    'mnist1d_cnn': ('mnist1d', 'cnn'),
-    'mnist1d_mlp': ('mnist1d', 'mlp'),
-    'mnist1d_gru': ('mnist1d', 'gru'),
-    'mnist1d_lstm': ('mnist1d', 'lstm'),
-    'mnist_cnn': ('mnist', 'cnn'),
-    'lm_tiny': ('lm', 'tiny'),
-    'lm_small': ('lm', 'small'),
-}
-
-
-def parse_models(spec: str) -> list[str]:
-  names = list(CASES) if spec == 'all' else [n.strip() for n in spec.split(',') if n.strip()]
-  unknown = [n for n in names if n not in CASES]
-  if unknown or not names:
-    raise ValueError(f'--models ({spec!r}): unknown {unknown or "(empty)"}; allowed: all or any of {list(CASES)}')
-  return names
-
-
-def make_case(name: str):
-  """The benchmark case of `name`: its preset's config and its data's shapes (no dataset is read)."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  from research import benchmark, data  # pylint: disable=g-import-not-at-top
-
-  module, arg = CASES[name]
-  config = importlib.import_module(f'configs.{module}').get_config(arg)
-  spec = data.DATASETS[config.dataset.name]
-  input_shape = (config.dataset.seq_len,) if spec.task == 'lm' else spec.input_shape
-  return benchmark.Case(name, config, input_shape, spec.num_classes)
-
 
 _ROW_PREFIX = 'BENCHMARK_ROW '
 

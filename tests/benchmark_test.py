@@ -111,7 +111,7 @@ def test_keep_freed_memory_applies_on_glibc():
                                   'lm_tiny'])
 def test_torch_twin_has_the_flax_models_parameter_count_and_trains(name):
   import torch  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark as entry  # pylint: disable=g-import-not-at-top
+  from experiments import benchmark_cases as entry  # pylint: disable=g-import-not-at-top
   from research import cost, torch_models  # pylint: disable=g-import-not-at-top
 
   case = entry.make_case(name)

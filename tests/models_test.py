@@ -276,16 +276,16 @@ def test_einsum_attention_equals_flax_multi_head_attention():
   _assert_same_outputs_and_grads(theirs.apply, [ours.apply], params, x)
 
 
-@pytest.mark.parametrize('time_steps, block', [(300, 128), (64, 16), (40, 64)])  # Uneven, even, one block.
+@pytest.mark.parametrize('time_steps, block', [(150, 64), (64, 32), (40, 64)])  # Uneven, even, one block.
 def test_blocked_causal_attention_equals_masked_einsum_attention(time_steps, block):
   from research.models import gpt  # pylint: disable=g-import-not-at-top
-  q, k, v = (_normal(seed=i, shape=(2, time_steps, 3, 8)) for i in range(3))
+  q, k, v = (_normal(seed=i, shape=(2, time_steps, 2, 4)) for i in range(3))
   mask = jnp.tril(jnp.ones((time_steps, time_steps), bool))
   plain = lambda q, k, v: gpt.einsum_attention(q, k, v, mask)
   blocked = partial(gpt.blocked_causal_attention, block=block)
-  np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), atol=1e-5, rtol=1e-5)
-  loss = lambda f: lambda *qkv: jnp.sum(f(*qkv) ** 2)
-  for ours, theirs in zip(jax.grad(loss(blocked), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+  np.testing.assert_allclose(jax.jit(blocked)(q, k, v), jax.jit(plain)(q, k, v), atol=1e-5, rtol=1e-5)
+  grads = lambda f: jax.jit(jax.grad(lambda *qkv: jnp.sum(f(*qkv) ** 2), (0, 1, 2)))(q, k, v)
+  for ours, theirs in zip(grads(blocked), grads(plain)):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
