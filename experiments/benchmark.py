@@ -9,7 +9,8 @@ Usage:
 Models (--models, comma-separated; default all): mnist1d_cnn, mnist1d_mlp, mnist1d_gru, mnist1d_lstm (configs/
 mnist1d.py), mnist_cnn (configs/mnist.py:cnn, 28x28 inputs), lm_tiny and lm_small (configs/lm.py). Each is the
 preset's model, batch size and optimizer; research/benchmark.py says what is timed and how. Writes OUT/benchmarks.md
-(machine, command, table, the targets met or not) and OUT/benchmarks.json. Exit codes: 0 done, 2 bad input, 1
+(machine, command, table, the targets met or not, and a per-op profile of each JAX step short of its throughput
+target) and OUT/benchmarks.json. Exit codes: 0 done, 2 bad input, 1
 otherwise.
 """
 

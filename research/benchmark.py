@@ -237,7 +237,60 @@ def run_case(case: Case, *, steps: int, repeats: int, latency_calls: int, peak: 
                torch_batch1_ms=statistics.median(batch1.torch_ms),
                train_ratio=torch_min / jax_min, train_ratio_median=torch_med / jax_med)
     row['batch1_ratio'] = row['torch_batch1_ms'] / row['jax_batch1_ms']
+    if row['train_ratio'] < TARGETS['train_ratio_lm' if case.language_model else 'train_ratio'] and \
+        jax.default_backend() == 'cpu':
+      progress(f'{case.name}: short of its throughput target; profiling the JAX step')
+      row['profile'] = op_profile(jax_train, steps=steps)
   return row
+
+
+_PROFILE_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'PjitFunction', 'CommonPjRt', '$')
+
+
+def op_profile(train: Callable[[int], None], *, steps: int, top: int = 8) -> dict:
+  """Where a train step's time goes: a jax.profiler trace of `steps` steps, summed per XLA op.
+
+  Each op counts once, with the duration the thread that ran it saw: an op that YNNPACK splits over all cores
+  counts its wall time once, while independent ops running side by side on two threads both count, so the total
+  can exceed the wall time. The trace is read with jax.profiler.ProfileData (no TensorBoard needed).
+
+  Args:
+    train: a runner's train(n) (already compiled and warmed up).
+    steps: steps traced.
+    top: rows kept per table.
+
+  Returns:
+    {"steps", "wall_ms" (per step, the traced steps), "ops_ms" (per step, all leaf ops summed), "kinds": [[kind,
+     ms per step, ops per step], ...] (kind: an op name without its number, e.g. ynn_fusion for YNNPACK's matmul
+     fusions), "ops": [[op, ms per step], ...]}, the largest first.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  kinds, counts, ops = collections.Counter(), collections.Counter(), collections.Counter()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      train(steps)
+    wall = time.perf_counter() - start
+    path = glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[-1]
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+      for line in plane.lines:
+        if not line.name.startswith('tf_XLAEigen'):  # XLA:CPU's compute threads.
+          continue
+        for event in line.events:
+          if event.name.startswith(_PROFILE_WRAPPERS):
+            continue
+          kind = re.sub(r'[._]\d+$', '', event.name)
+          kinds[kind] += event.duration_ns
+          counts[kind] += 1
+          ops[event.name] += event.duration_ns
+  per_step = lambda ns: ns / 1e6 / steps
+  return {'steps': steps, 'wall_ms': wall / steps * 1e3, 'ops_ms': per_step(sum(kinds.values())),
+          'kinds': [[k, per_step(ns), counts[k] / steps] for k, ns in kinds.most_common(top)],
+          'ops': [[k, per_step(ns)] for k, ns in ops.most_common(top)]}
 
 
 def torch_matmul_flops_per_s(size: int = 2048, *, repeats: int = 5, dtype: str = 'float32') -> float:
@@ -343,6 +396,28 @@ def _wait_cell(wait: dict | None) -> str:
   return f"{wait['data_wait_share']:.1%}" + ('' if wait['data'] == 'real' else ' (mock data)')
 
 
+def profiles(report: dict) -> list[str]:
+  """Markdown: for each model short of its throughput target, where its JAX step's time goes (op_profile)."""
+  out = []
+  for name, r in report['models'].items():
+    prof = r.get('profile')
+    if not prof:
+      continue
+    out += [f"**{name}** ({prof['wall_ms']:.2f} ms per step while traced; leaf ops sum to {prof['ops_ms']:.2f} ms "
+            f"per step over {prof['steps']} steps):", '',
+            '| op kind | ms per step | ops per step |', '|---|---:|---:|',
+            *[f'| {kind} | {ms:.2f} | {n:.1f} |' for kind, ms, n in prof['kinds']], '']
+  if out:
+    out = ['## Where the JAX step\'s time goes (models short of their throughput target)', '',
+           'A jax.profiler trace of the train step summed per XLA op (`research.benchmark.op_profile`; '
+           '`python benchmarks/profile_step.py --model=NAME` for one model, with the single largest ops). ynn_fusion: '
+           'a matmul run by YNNPACK with its fused elementwise work; transpose_copy, concatenate and the other '
+           'fusions: memory-bound work around them. Each op counts once with its thread\'s duration, so the sum '
+           'exceeds the wall time when independent ops run side by side. docs/performance.md interprets these.',
+           '', *out]
+  return out
+
+
 def verdicts(report: dict) -> list[str]:
   """One line per target of the performance issue: met or not, with the measured figure."""
   out = []
@@ -387,4 +462,4 @@ def markdown(report: dict) -> str:
       'Targets (the performance issue): JAX/PyTorch train throughput >= 1.0 for every family and >= 1.2 for the '
       'Transformer LM; LM MFU >= 50%; batch-1 latency <= PyTorch\'s; data wait <= 5% of train time (real training '
       'through the loop and its input pipeline: the run card\'s figure).', '',
-      *[f'- {line}' for line in verdicts(report)], ''])
+      *[f'- {line}' for line in verdicts(report)], '', *profiles(report)])

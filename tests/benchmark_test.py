@@ -123,3 +123,21 @@ def test_torch_twin_has_the_flax_models_parameter_count_and_trains(name):
   logits = forward(benchmark.synthetic_batch(case, 1)['inputs'])
   assert logits.shape == ((1, case.input_shape[0], case.num_classes) if case.language_model else (1, 10))
   assert torch.isfinite(torch.from_numpy(logits)).all()
+
+
+def test_op_profile_sums_the_traced_xla_ops_per_step():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  matmul = jax.jit(lambda a: jnp.tanh(a @ a))
+  a = jnp.ones((256, 256))
+  matmul(a).block_until_ready()
+  prof = benchmark.op_profile(lambda n: [matmul(a).block_until_ready() for _ in range(n)], steps=3, top=5)
+  assert prof['steps'] == 3 and prof['wall_ms'] > 0 and prof['ops_ms'] > 0
+  assert prof['kinds'] and all(ms >= 0 and count > 0 for _, ms, count in prof['kinds'])
+  assert sum(ms for _, ms, _ in prof['kinds']) <= prof['ops_ms'] + 1e-9
+  assert [ms for _, ms, _ in prof['kinds']] == sorted((ms for _, ms, _ in prof['kinds']), reverse=True)
+  report = {'models': {'lm_tiny': _row(train_ratio=1.1, profile=prof)}}
+  text = '\n'.join(benchmark.profiles(report))
+  assert text.startswith("## Where the JAX step's time goes") and f'| {prof["kinds"][0][0]} |' in text
+  assert benchmark.profiles({'models': {'mnist1d_cnn': _row()}}) == []  # Nothing to explain.
