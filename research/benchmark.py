@@ -244,7 +244,9 @@ def run_case(case: Case, *, steps: int, repeats: int, latency_calls: int, peak: 
   return row
 
 
-_PROFILE_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'PjitFunction', 'CommonPjRt', '$')
+# Events that wrap or mark ops rather than being ops (Python frames start with '$').
+_PROFILE_WRAPPERS = ('ThunkExecutor', 'SlinkyThreadPool', 'ThreadpoolListener', 'PjitFunction', 'CommonPjRt', 'end: ',
+                     '$')
 
 
 def op_profile(train: Callable[[int], None], *, steps: int, top: int = 8) -> dict:
@@ -278,7 +280,7 @@ def op_profile(train: Callable[[int], None], *, steps: int, top: int = 8) -> dic
     path = glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[-1]
     for plane in jax.profiler.ProfileData.from_file(path).planes:
       for line in plane.lines:
-        if not line.name.startswith('tf_XLAEigen'):  # XLA:CPU's compute threads.
+        if not line.name.startswith('tf_XLA'):  # XLA:CPU's threads: its pool, and its client's (small programs).
           continue
         for event in line.events:
           if event.name.startswith(_PROFILE_WRAPPERS):
