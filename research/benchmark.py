@@ -13,9 +13,13 @@ Batch-1 inference: one example per call through the jitted forward pass (result 
 the PyTorch model in eval mode under torch.inference_mode(), also interleaved.
 """
 
+import collections
 import dataclasses
+import glob
 import platform
+import re
 import statistics
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -23,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import psutil
 
-from research import cost, models, sharding
+from research import cost, data, models, sharding
 from research.training import loop
 
 
@@ -43,7 +48,7 @@ class Case:
 
 @dataclasses.dataclass
 class Timings:
-  """Per-step (or per-call) milliseconds of each timed block, and what a step does."""
+  """Per-step (or per-call) milliseconds of each timed block, per framework."""
   jax_ms: list[float] = dataclasses.field(default_factory=list)
   torch_ms: list[float] = dataclasses.field(default_factory=list)
 
@@ -266,11 +271,6 @@ def op_profile(train: Callable[[int], None], *, steps: int, top: int = 8) -> dic
      ms per step, ops per step], ...] (kind: an op name without its number, e.g. ynn_fusion for YNNPACK's matmul
      fusions), "ops": [[op, ms per step], ...]}, the largest first.
   """
-  import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-
   kinds, counts, ops = collections.Counter(), collections.Counter(), collections.Counter()
   with tempfile.TemporaryDirectory() as trace_dir:
     start = time.perf_counter()
@@ -338,8 +338,6 @@ def data_wait(case: Case, *, steps: int, workdir: str) -> dict:
   Returns:
     {"data_wait_share", "data_wait_s", "train_s", "steps", "data"}: data is 'real' or 'mock (REASON)'.
   """
-  from research import data  # pylint: disable=g-import-not-at-top
-  from research.training import loop  # pylint: disable=g-import-not-at-top,reimported
 
   config = ml_collections.ConfigDict(case.config.to_dict())
   config.steps, config.eval_every, config.checkpoint_every, config.log_every = steps, steps, steps, steps
@@ -361,7 +359,6 @@ def data_wait(case: Case, *, steps: int, workdir: str) -> dict:
 
 def machine() -> dict:
   """What the figures were measured on."""
-  import psutil  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   info = {'cpu': cost.peak._cpu_model(), 'cores': cost.peak._usable_cores(),  # pylint: disable=protected-access
           'memory_gib': round(psutil.virtual_memory().total / 2**30, 1), 'platform': platform.platform(),
