@@ -187,8 +187,8 @@ def _dropout_interceptor(keep_prob: jax.Array) -> Callable:
                                    kwargs.get('deterministic', rest[0] if rest else None))
     if deterministic:
       return inputs
-    dropped = layers.dropout(module.make_rng(module.rng_collection), inputs, keep_prob)
-    return jnp.where(keep_prob == 1.0, inputs, dropped)
+    # A keep probability of 1 keeps every element and divides by exactly 1: the inputs unchanged, no select needed.
+    return layers.dropout(module.make_rng(module.rng_collection), inputs, keep_prob)
 
   return interceptor
 
