@@ -4,10 +4,12 @@ r"""Analytic vs XLA FLOPs, and predicted vs measured memory, of the MNIST-1D pre
     JAX_PLATFORMS=cpu python benchmarks/cost_table.py --no-memory --models=cnn,gru
 
 FLOPs: the train step and eval step exactly as the training loop jits them (batch 100, eval batch 1000), compiled
-once by research.cost.step_costs. Memory: each model in a fresh process, glibc told to return freed buffers to
-the OS (MALLOC_MMAP_THRESHOLD_): the rise of peak RSS over a baseline taken after 5 warm-up steps, while 5 more
-steps run, against XLA's plan for the step's transient buffers (outputs + temporaries - aliased; the arguments
-are resident before the baseline). Steps run in turn (each awaited) and, as the loop runs them, dispatched ahead.
+once by research.cost.step_costs. Memory: each model in a fresh process, after 5 warm-up steps, the exact rise of
+the heap during one step (research.cost.heap_peak: memray tracks every malloc and free; the largest of 3 steps,
+each captured alone), against XLA's plan for the step's transient buffers (outputs + temporaries - aliased; the
+arguments are resident before). The allocations live at the peak are filed by owner: XLA's buffers, the matmul
+libraries' scratch (oneDNN, Eigen, YNNPACK), other (Python, the runtime). Then 3 steps dispatched ahead, as the
+loop runs them. Needs memray (the [test] extra, in requirements.lock).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,7 @@ from research.training import loop, steps
 
 INPUT_SHAPE, NUM_CLASSES = (40,), 10
 WARMUP_STEPS = 5
+MEASURED_STEPS = 3
 FAMILIES = ('logreg', 'mlp', 'cnn', 'gru', 'lstm', 'transformer')
 
 
@@ -60,47 +64,52 @@ def flops_row(name: str) -> str:
           f'{train / costs.train_step_flops:.3f} | {raw / 1e6:,.2f} |')
 
 
-def _rss_rise(compiled, state, batch, *, sync: bool):
-  """Rise of peak RSS over the RSS before 5 steps; `sync` waits for each step before dispatching the next."""
-  gc.collect()
-  baseline = cost.reset_peak_rss()
-  for _ in range(5):
+def _steps(compiled, holder, batch, *, n: int, sync: bool):
+  """Runs n steps; `sync` waits for each step before dispatching the next."""
+  state = holder['state']
+  for _ in range(n):
     state, _ = compiled(state, batch)
     if sync:
       jax.block_until_ready(state)
   jax.block_until_ready(state)
-  return cost.measured_peak_bytes().bytes - baseline, state
+  holder['state'] = state
 
 
 def memory_child(name: str) -> None:
-  """Runs in its own process (started with MALLOC_MMAP_THRESHOLD_ set); prints one JSON line."""
+  """Runs in its own process; prints one JSON line."""
   config, _, _, abstract, train_step = _setup(name, abstract=True)
   compiled = train_step.lower(abstract, _batch(config.batch_size)).compile()
   stats = compiled.memory_analysis()
   transient = stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
-  state = _setup(name, abstract=False)[3]
+  holder = {'state': _setup(name, abstract=False)[3]}
   batch = {'inputs': jnp.ones((config.batch_size, *INPUT_SHAPE)), 'labels': jnp.zeros(config.batch_size, jnp.int32)}
-  for _ in range(WARMUP_STEPS):  # The runtime's first executions allocate (thread pools, per-thread arenas).
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
-  process_peak = cost.measured_peak_bytes().bytes
-  rise_sync, state = _rss_rise(compiled, state, batch, sync=True)
-  rise_async, state = _rss_rise(compiled, state, batch, sync=False)
+  # The runtime's first executions allocate once (thread pools, per-thread state): not part of a step.
+  _steps(compiled, holder, batch, n=WARMUP_STEPS, sync=True)
+  gc.collect()
+  process_peak = cost.measured_peak_bytes().bytes  # Before memray, whose native tracking resolves symbols (~250 MB here).
+  capture = os.path.join(tempfile.mkdtemp(), 'memray.bin')
+  # One step per capture: XLA:CPU frees a step's temporaries just after its outputs are ready, so a step started
+  # at once can overlap them (the LSTM's read 2.0x its plan in one run of 3 steps in a row). Frees of buffers
+  # allocated before a capture starts are not counted in it, so each capture holds one step's own peak.
+  in_turn = max((cost.heap_peak(lambda: _steps(compiled, holder, batch, n=1, sync=True), path=capture)
+                 for _ in range(MEASURED_STEPS)), key=lambda peak: peak.bytes)
+  ahead = cost.heap_peak(lambda: _steps(compiled, holder, batch, n=MEASURED_STEPS, sync=False), path=capture)
   print(json.dumps({'predicted': cost.predicted_memory_bytes(compiled), 'transient': transient,
-                    'rise_sync': rise_sync, 'rise_async': rise_async, 'process_peak': process_peak}))
+                    'heap_in_turn': in_turn.bytes, 'by_owner': in_turn.by_owner, 'heap_ahead': ahead.bytes,
+                    'process_peak': process_peak}))
 
 
 def memory_row(name: str) -> str:
-  # A fixed mmap threshold makes glibc return every freed buffer over 64 KiB to the OS, so a step's buffers show
-  # in RSS each time; by default it raises the threshold as buffers are freed and keeps them for reuse (the RSS
-  # then stays flat after the first steps and a rise measures nothing).
-  env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
   out = subprocess.run([sys.executable, __file__, f'--memory-child={name}'], check=True, capture_output=True,
-                       text=True, env=env).stdout
+                       text=True).stdout
   m = json.loads(out.strip().splitlines()[-1])
   mb = lambda b: f'{b / 2**20:,.2f}'
-  return (f'| {name} | {mb(m["predicted"])} | {mb(m["transient"])} | {mb(m["rise_sync"])} | '
-          f'{m["rise_sync"] / m["transient"]:.2f} | {mb(m["rise_async"])} | {mb(m["process_peak"])} |')
+  owners = m['by_owner']
+  libraries = owners['onednn'] + owners['eigen'] + owners['ynnpack']
+  return (f'| {name} | {mb(m["predicted"])} | {mb(m["transient"])} | {mb(m["heap_in_turn"])} | '
+          f'{m["heap_in_turn"] / m["transient"]:.2f} | {mb(owners["xla_buffers"])} | '
+          f'{owners["xla_buffers"] / m["transient"]:.2f} | {mb(libraries)} | {mb(owners["other"])} | '
+          f'{mb(m["heap_ahead"])} | {mb(m["process_peak"])} |')
 
 
 def main() -> None:
@@ -118,9 +127,10 @@ def main() -> None:
   for name in names:
     print(flops_row(name), flush=True)
   if not args.no_memory:
-    print('\n| model | predicted step (MiB) | predicted transient (MiB) | RSS rise, steps in turn (MiB) | ratio '
-          '| RSS rise, steps dispatched ahead (MiB) | process peak RSS (MiB) |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    print('\n| model | predicted step (MiB) | predicted transient (MiB) | heap peak, steps in turn (MiB) | ratio '
+          '| of which XLA buffers (MiB) | ratio | matmul libraries (MiB) | other (MiB) '
+          '| heap peak, steps dispatched ahead (MiB) | process peak RSS (MiB) |')
+    print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for name in names:
       print(memory_row(name), flush=True)
 

@@ -6,7 +6,8 @@ The numbers behind each entry of the run card's cost section:
   flops         analytic_flops / analytic_train_step_flops  (per-layer formulas, docs/flops.md)
                 step_costs(...).train_step_flops / .eval_example_flops  (XLA, loop iterations counted)
   mfu           mfu(flops, seconds, peak) with peak_flops_per_s() -> (value, source)
-  memory        step_costs(...).train_memory_bytes (XLA's plan); measured_peak_bytes() -> (bytes, source)
+  memory        step_costs(...).train_memory_bytes (XLA's plan); measured_peak_bytes() -> (bytes, source);
+                heap_peak(fn, path=...) -> exact heap rise by owner (memray; measurement scripts)
   energy, co2_g EnergyMeter().start() ... .read() -> {joules, source, assumptions}; co2_grams(joules, g_per_kwh)
   checkpoint    dir_bytes(path)
   comm          collective_bytes(compiled) (from the partitioned HLO); analytic_comm_bytes(param_bytes, mesh_shape)
@@ -29,6 +30,8 @@ from research.cost.latency import batch1_latency_ms
 from research.cost.latency import call_latency_ms
 from research.cost.memory import device_peak_bytes
 from research.cost.memory import dir_bytes
+from research.cost.memory import heap_peak
+from research.cost.memory import HeapPeak
 from research.cost.memory import measured_peak_bytes
 from research.cost.memory import MemoryReading
 from research.cost.memory import param_stats
@@ -41,8 +44,8 @@ from research.cost.xla import step_costs
 from research.cost.xla import StepCosts
 from research.cost.xla import xla_flops
 
-__all__ = ['EnergyMeter', 'Layer', 'MemoryReading', 'StepCosts', 'analytic_comm_bytes', 'analytic_flops',
+__all__ = ['EnergyMeter', 'HeapPeak', 'Layer', 'MemoryReading', 'StepCosts', 'analytic_comm_bytes', 'analytic_flops',
            'analytic_train_step_flops', 'batch1_latency_ms', 'call_latency_ms', 'collective_bytes', 'device_peak_bytes',
-           'co2_grams', 'compiled_flops', 'dir_bytes', 'layer_flops', 'measured_peak_bytes', 'mfu',
+           'co2_grams', 'compiled_flops', 'dir_bytes', 'heap_peak', 'layer_flops', 'measured_peak_bytes', 'mfu',
            'model_flops_per_token', 'param_count', 'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes',
            'reset_peak_rss', 'step_costs', 'xla_flops']
