@@ -28,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'mnist1d'  # One of research.data.DATASETS.
   c.dataset.data_dir = ''  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.dataset.variant = 'standard'  # mnist1d only: 'standard' or 'shuffled' (fixed permutation of positions).
+  c.dataset.order = 'epoch'  # Training batches: 'epoch' (fresh shuffle every epoch) or 'stored' (stored order).
   # Classifiers: train on the first N examples of the train split (a fixed subset, for small-data and overfitting
   # studies); 0 = all of them.
   c.dataset.train_examples = 0

@@ -1,6 +1,7 @@
 r"""MNIST-1D presets (Greydanus 2020, "Scaling down deep learning"): the paper's models and training recipe.
 
-Recipe from the paper's code (mnist1d `get_model_args`): Adam, lr 1e-2, batch 100, 6000 steps, eval every 250.
+Recipe from the paper's code (mnist1d `get_model_args`, `train_model`): Adam, lr 1e-2, batch 100, 6000 steps, eval
+every 250, batches in the training set's stored order (dataset.order='stored').
 Paper test accuracy: logreg 32%, MLP 68%, CNN 94%, GRU 91%.
 
   python -m experiments.train --config=configs/mnist1d.py:cnn --workdir=runs/mnist1d_cnn
@@ -41,4 +42,8 @@ def get_config(arg: str = 'cnn') -> ml_collections.ConfigDict:
   config.eval_every = 250
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-2
+  # The paper's `train_model` takes batch `step * 100 mod 4000` of the training set as stored (make_dataset
+  # shuffled it once), the same order every epoch. It matters: over 30 seeds of the paper's PyTorch CNN here,
+  # that order gave 93.6% and a fresh shuffle every epoch 92.7% (README, Results).
+  config.dataset.order = 'stored'
   return config

@@ -199,6 +199,7 @@ def validate(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDic
   _check_choice('dataset.name', config.dataset.name, data.DATASETS)
   _check_choice('dataset.variant', config.dataset.variant,
                 ('standard', 'shuffled') if config.dataset.name == 'mnist1d' else ('standard',))
+  _check_choice('dataset.order', config.dataset.order, data.ORDERS)
   _check_positive(config, ['dataset.train_examples'], allow_zero=True)
   if config.dataset.train_examples and data.DATASETS[config.dataset.name].task != 'classify':
     raise ConfigError('dataset.train_examples', config.dataset.train_examples,

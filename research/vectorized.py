@@ -321,7 +321,8 @@ def build_group(configs: Sequence, trial_ids: Sequence[str] | None = None) -> Gr
   h = make_hyperparams(configs)
   seeds = tuple(int(c.seed) for c in configs)
   state = create_group_state(plan, model, h, seeds=seeds, input_shape=dataset.input_shape)
-  iterators = {s: data.make_train_iterator(dataset, batch_size=config.batch_size, seed=s) for s in dict.fromkeys(seeds)}
+  iterators = {s: data.make_train_iterator(dataset, batch_size=config.batch_size, seed=s, order=config.dataset.order)
+               for s in dict.fromkeys(seeds)}
   example = dataset.train[np.arange(config.batch_size)]
   shared = len(iterators) == 1
   batch = {k: jax.ShapeDtypeStruct(v.shape if shared else (len(configs), *v.shape), v.dtype)

@@ -89,6 +89,7 @@ CASES = [
     ('unknown_model', ['--config.model.name=resnet'], "'model.name' = 'resnet'"),
     ('unknown_dataset', ['--config.dataset.name=imagenet'], "'dataset.name' = 'imagenet'"),
     ('unknown_variant', ['--config.dataset.variant=permuted'], "'dataset.variant' = 'permuted'"),
+    ('unknown_order', ['--config.dataset.order=random'], "'dataset.order' = 'random': expected one of"),
     ('dropout_out_of_range', ['--config.model.dropout_rate=1.0'], "'model.dropout_rate' = 1.0"),
     ('momentum_out_of_range', ['--config.optimizer.b1=1.5'], "'optimizer.b1' = 1.5: expected a value in [0, 1)"),
     ('warmup_longer_than_run', ['--config.optimizer.schedule=warmup_cosine', '--config.optimizer.warmup_steps=9000'],

@@ -116,6 +116,18 @@ def test_each_epoch_is_a_fresh_permutation_of_all_examples():
   assert not np.array_equal(epochs[0], np.arange(1000))
 
 
+def test_stored_order_takes_the_split_in_its_stored_order_every_epoch():
+  # The MNIST-1D paper's train_model: batch `step * batch_size mod n` of the stored training set.
+  iterator = data.make_train_iterator(_indexed_dataset(1050), batch_size=100, seed=3, order='stored')
+  for _ in range(3):
+    np.testing.assert_array_equal(np.concatenate([_ids(b) for b in _take(iterator, 10)]), np.arange(1000))
+
+
+def test_unknown_order_is_refused():
+  with pytest.raises(ValueError, match="order 'random' must be one of"):
+    data.make_train_iterator(_indexed_dataset(100), batch_size=10, seed=0, order='random')
+
+
 def test_each_epoch_drops_its_remainder():
   # 1050 examples in batches of 100: 10 batches an epoch, a different 50 examples dropped each time.
   iterator = data.make_train_iterator(_indexed_dataset(1050), batch_size=100, seed=0)

@@ -15,7 +15,8 @@ from research.data.datasets import example_shape
 from research.data.datasets import load_dataset
 from research.data.pipeline import eval_batches
 from research.data.pipeline import make_train_iterator
+from research.data.pipeline import ORDERS
 from research.data.pipeline import pad_rows
 
 __all__ = ['DATASETS', 'DataUnavailableError', 'Dataset', 'DatasetSpec', 'eval_batches', 'example_shape', 'load_dataset',
-           'make_train_iterator', 'pad_rows']
+           'make_train_iterator', 'ORDERS', 'pad_rows']

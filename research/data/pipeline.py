@@ -25,11 +25,13 @@ class _BatchIndices:
   """Maps (step, position in epoch) to the example indices of that batch.
 
   Epoch e visits the shard in the order `default_rng([seed, e]).permutation(shard)`: a fresh order
-  every epoch, fixed by (seed, epoch) alone, so any step can be recomputed after a restore.
+  every epoch, fixed by (seed, epoch) alone, so any step can be recomputed after a restore. With
+  order='stored' every epoch visits the shard in its stored order instead.
   """
   shard: np.ndarray  # [shard_size] example indices this shard reads.
   batch_size: int
   seed: int
+  order: str = 'epoch'
   # The last epoch's order: a cache only, recomputable from (seed, epoch). It is replaced as a whole
   # tuple, so a grain reader thread never sees an epoch paired with another epoch's order.
   _order: tuple[int, np.ndarray | None] = dataclasses.field(default=(-1, None), init=False, repr=False)
@@ -39,20 +41,26 @@ class _BatchIndices:
     epoch = step // (len(self.shard) // self.batch_size)
     cached_epoch, order = self._order
     if cached_epoch != epoch:
-      order = np.random.default_rng([self.seed, epoch]).permutation(self.shard)
+      order = (self.shard if self.order == 'stored'
+               else np.random.default_rng([self.seed, epoch]).permutation(self.shard))
       self._order = (epoch, order)
     return order[position * self.batch_size:(position + 1) * self.batch_size]
 
 
+ORDERS = ('epoch', 'stored')
+
+
 def make_train_iterator(
-    dataset: Dataset, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+    dataset: Dataset, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+    order: str = 'epoch'
 ) -> grain.DatasetIterator:
   """Returns an infinite iterator of shuffled training batches for one host.
 
   Shard k of n reads train examples k, k + n, k + 2n, ... (the first n * (num_train // n) examples,
   so every shard has the same number of steps per epoch). Each epoch is a fresh permutation of the
   shard cut into `shard_size // batch_size` batches; the remainder is dropped (different examples
-  each epoch).
+  each epoch). order='stored' takes the shard in its stored order every epoch instead, as the MNIST-1D
+  paper's `train_model` does (batch `step * batch_size mod n` of the stored training set).
 
   Args:
     dataset: from `load_dataset`.
@@ -60,6 +68,7 @@ def make_train_iterator(
     seed: fixes the order of every epoch; same seed, same batches.
     shard_index: this host's shard, in [0, shard_count).
     shard_count: number of hosts reading disjoint parts of the train split.
+    order: 'epoch' (a fresh permutation every epoch) or 'stored' (the stored order, every epoch).
 
   Returns:
     An iterator of {"inputs": float32 [batch_size, *input_shape], "labels": int32 [batch_size]}
@@ -67,12 +76,14 @@ def make_train_iterator(
     `set_state` it continues with exactly the batches that followed the saved state.
 
   Raises:
-    ValueError: a shard smaller than one batch, a bad shard index, or a negative seed.
+    ValueError: a shard smaller than one batch, a bad shard index, a negative seed or an unknown order.
   """
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index ({shard_index}) must be in [0, shard_count={shard_count}).')
   if seed < 0:
     raise ValueError(f'seed ({seed}) must be non-negative.')
+  if order not in ORDERS:
+    raise ValueError(f'order {order!r} must be one of {ORDERS}.')
   shard_size = dataset.num_train // shard_count
   if not 0 < batch_size <= shard_size:
     raise ValueError(f'batch_size ({batch_size}) must be in [1, {shard_size}], the train examples of one of '
@@ -81,7 +92,7 @@ def make_train_iterator(
   batches = (
       grain.MapDataset.range(shard_size // batch_size)  # Position of a batch within its epoch.
       .repeat()  # Infinite; the index seen by map_with_index is the global step.
-      .map_with_index(_BatchIndices(shard=shard, batch_size=batch_size, seed=seed))
+      .map_with_index(_BatchIndices(shard=shard, batch_size=batch_size, seed=seed, order=order))
       .map(dataset.train.__getitem__)  # One gather + preprocess per batch.
   )
   return iter(batches.to_iter_dataset(_READ_OPTIONS))

@@ -151,7 +151,8 @@ def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, train_iter, *,
 def _train_iterator(config, dataset: data.Dataset):
   """This process's training stream: shard `process_index` of the train split, batch_size / processes rows."""
   return data.make_train_iterator(dataset, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-                                  shard_index=jax.process_index(), shard_count=jax.process_count())
+                                  shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                  order=config.dataset.order)
 
 
 def _write_config(workdir: str, config) -> None:
