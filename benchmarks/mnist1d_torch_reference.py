@@ -8,11 +8,11 @@ Needs torch (the [reference] extra: `make bench` installs it). The data are ours
 the paper's `make_dataset` defaults); the model and loop follow the paper's code (github.com/greydanus/mnist1d,
 `notebooks/models.py` and `notebooks/train.py:train_model`): ConvBase (three Conv1d(stride 2, padding 1) + ReLU, a
 linear head on the channel-major flatten) or MLPBase (hidden 100, a residual second layer), PyTorch's default
-initialisation, Adam lr 1e-2, batch 100, 6000 steps
-(the notebook's `args.total_steps = 6000`), cross-entropy, test accuracy after the last step. Batch orders:
+initialisation, Adam lr 1e-2, batch 100, 6000 steps (the notebook's `args.total_steps = 6000`; its loop makes 6001
+updates), cross-entropy, test accuracy after the last step. Batch orders:
 
   stored  batch `step * 100 mod 4000` of the training set as stored (the paper's train_model)
-  epoch   a fresh permutation every epoch (as our loop did by default)
+  epoch   a fresh permutation every epoch (our loop's dataset.order=epoch)
   once    one permutation per seed, then that order every epoch
 
 `--equivalence` starts our training loop's train step (configs/mnist1d.py:cnn) and the paper's PyTorch model from
@@ -83,14 +83,14 @@ def train(data: dict, seed: int, order: str, model_name: str = 'cnn') -> float:
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(seed)
-  rng = np.random.default_rng(seed)
+  rng = np.random.RandomState(seed)  # pylint: disable=no-member  (the numpy generator the paper's code seeds)
   model = MODELS[model_name]()
   optimizer = torch.optim.Adam(model.parameters(), 1e-2)
   criterion = torch.nn.CrossEntropyLoss()
   x_train, y_train = torch.tensor(data['x'], dtype=torch.float32), torch.tensor(data['y'], dtype=torch.long)
   n = len(x_train)
   perm = np.arange(n) if order == 'stored' else rng.permutation(n)
-  for step in range(STEPS):
+  for step in range(STEPS + 1):  # As train_model: `range(args.total_steps + 1)`, one update each.
     start = (step * BATCH) % n
     if order == 'epoch' and start == 0 and step:
       perm = rng.permutation(n)
