@@ -3,7 +3,6 @@
 import gc
 import json
 import os
-import tempfile
 import statistics
 import sys
 import types
@@ -191,17 +190,26 @@ def test_predicted_memory_counts_donated_buffers_once():
   assert cost.predicted_memory_bytes(donated) == 4 * 2**20
 
 
-def test_measured_peak_rise_matches_the_predicted_transient_memory():
-  f = jax.jit(lambda x: (x @ x.T) @ x)  # A [4096, 4096] f32 temporary: 64 MiB.
-  x = jnp.ones((4096, 64))
-  compiled = f.lower(x).compile()
+def _warm_compiled(f, *args):
+  """(call, transient): f compiled for args and run once (warm-up), and XLA's plan of an execution's transient
+  bytes (outputs + temporaries - aliased; the arguments are already resident)."""
+  compiled = jax.jit(f).lower(*args).compile()
   stats = compiled.memory_analysis()
-  transient = stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+  compiled(*args).block_until_ready()
+  return (lambda: compiled(*args).block_until_ready(),
+          stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def _large_temporary():
+  return _warm_compiled(lambda x: (x @ x.T) @ x, jnp.ones((4096, 64)))  # A [4096, 4096] f32 temporary: 64 MiB.
+
+
+def test_measured_peak_rise_matches_the_predicted_transient_memory():
+  call, transient = _large_temporary()
   assert transient >= 64 * 2**20
-  compiled(x).block_until_ready()  # Warm-up.
   gc.collect()
   baseline = cost.reset_peak_rss()
-  compiled(x).block_until_ready()
+  call()
   reading = cost.measured_peak_bytes()
   assert reading.source == 'process: peak RSS (VmHWM)'
   assert (reading.bytes - baseline) / transient == pytest.approx(1.0, abs=0.25)
@@ -210,27 +218,18 @@ def test_measured_peak_rise_matches_the_predicted_transient_memory():
 def test_heap_peak_files_xla_buffers_and_library_scratch(tmp_path):
   """memray's exact heap rise: XLA's own buffers at the peak are what memory_analysis plans (to the KiB, far below
   what RSS resolves), the rest is filed under the matmul libraries and 'other'."""
-  f = jax.jit(lambda x, w: jnp.tanh(x @ w) @ w.T)  # Temporary [256, 128] and output [256, 64]: 192 KiB.
-  x, w = jnp.ones((256, 64)), jnp.ones((64, 128))
-  compiled = f.lower(x, w).compile()
-  stats = compiled.memory_analysis()
-  transient = stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
-  compiled(x, w).block_until_ready()  # Warm-up.
-  peak = cost.heap_peak(lambda: compiled(x, w).block_until_ready(), path=str(tmp_path / 'capture.bin'))
+  # Temporary [256, 128] and output [256, 64]: 192 KiB.
+  call, transient = _warm_compiled(lambda x, w: jnp.tanh(x @ w) @ w.T, jnp.ones((256, 64)), jnp.ones((64, 128)))
+  peak = cost.heap_peak(call, path=str(tmp_path / 'capture.bin'))
   assert set(peak.by_owner) == {'xla_buffers', 'onednn', 'eigen', 'ynnpack', 'other'}
   assert sum(peak.by_owner.values()) == peak.bytes
   assert peak.by_owner['xla_buffers'] == pytest.approx(transient, rel=0.1)
   assert not list(tmp_path.iterdir())  # The capture file is removed.
 
 
-def test_heap_peak_of_a_large_temporary_is_the_plan():
-  f = jax.jit(lambda x: (x @ x.T) @ x)  # A [4096, 4096] f32 temporary: 64 MiB.
-  x = jnp.ones((4096, 64))
-  compiled = f.lower(x).compile()
-  stats = compiled.memory_analysis()
-  transient = stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
-  compiled(x).block_until_ready()
-  peak = cost.heap_peak(lambda: compiled(x).block_until_ready(), path=os.path.join(tempfile.mkdtemp(), 'c.bin'))
+def test_heap_peak_of_a_large_temporary_is_the_plan(tmp_path):
+  call, transient = _large_temporary()
+  peak = cost.heap_peak(call, path=str(tmp_path / 'capture.bin'))
   assert peak.bytes / transient == pytest.approx(1.0, abs=0.05)
 
 
