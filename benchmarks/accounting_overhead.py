@@ -1,7 +1,7 @@
 r"""How much slower a run is with cost accounting than without: runs the same training both ways, alternating.
 
 "Without" replaces the loop's accounting.Tracker with one that reads no clock, no energy meter and checks no
-budget, and skips the end-of-run cost section (peak lookup, memory, batch-1 latency). Compilation (which XLA's
+budget, and skips the end-of-run cost section (peak lookup, memory, scale-out, batch-1 and eval-batch latency). Compilation (which XLA's
 FLOP count needs anyway) is the same both ways. Reports min and median over repeats of the session's wall time
 and of its train time, and their ratios (target: <= 1.03).
 
@@ -34,16 +34,31 @@ class _NoAccounting(accounting.Tracker):
     return {}
 
 
-def _run(config, accounted: bool) -> tuple[float, float]:
-  seen = {}
+_SECTION = ('card_costs', 'scale_out', 'batch1_latency', 'eval_batch_latency')  # The end-of-run cost section.
+
+
+def _run(config, accounted: bool) -> tuple[float, float, float]:
+  """(wall, train_s, seconds in the end-of-run cost section) of one run, with or without accounting."""
+  spent = []
+
+  def timed(fn):
+    def call(*args, **kwargs):
+      t0 = time.perf_counter()
+      try:
+        return fn(*args, **kwargs)
+      finally:
+        spent.append(time.perf_counter() - t0)
+    return call
 
   def no_costs(tracker, timers, **_):
     del tracker
-    seen['train_s'] = timers.train_s
-    return {'session_time': {'train_s': timers.train_s}}
+    return {'session_time': {'train_s': timers.train_s}, 'params': {'bytes': None}}
 
-  patches = {} if accounted else {
-      'Tracker': _NoAccounting, 'card_costs': no_costs, 'batch1_latency': lambda *a, **k: {}}
+  if accounted:
+    patches = {name: timed(getattr(accounting, name)) for name in _SECTION}
+  else:
+    patches = {'Tracker': _NoAccounting, 'card_costs': no_costs, 'scale_out': lambda *a, **k: {},
+               'batch1_latency': lambda *a, **k: {}, 'eval_batch_latency': lambda *a, **k: {}}
   saved = {name: getattr(accounting, name) for name in patches}
   for name, value in patches.items():
     setattr(accounting, name, value)
@@ -55,12 +70,12 @@ def _run(config, accounted: bool) -> tuple[float, float]:
   finally:
     for name, value in saved.items():
       setattr(accounting, name, value)
-  return wall, card['session_time']['train_s']
+  return wall, card['session_time']['train_s'], sum(spent)
 
 
 def _hook_cost(config) -> tuple[float, float]:
   """Microseconds per call of the loop's per-step budget check, without and with the energy reading."""
-  figures = accounting.StepCost(1.0, 1.0, 1.0, 1.0, 1, config.batch_size)
+  figures = accounting.StepCost(1.0, 1.0, 1.0, 1.0, 1, config.batch_size, comm={})
   tracker = accounting.Tracker(config, accounting.Ledger(), figures, t_start=time.time())
   out = []
   for check_energy, calls in ((False, 100_000), (True, 1_000)):
@@ -77,22 +92,27 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=3000)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
-  print(f'{args.steps} steps per run, {args.repeats} repeats, alternating off/on; seconds: min / median')
-  print(f'{"model":8} {"wall off":>14} {"wall on":>14} {"ratio":>12} {"train off":>14} {"train on":>14} {"ratio":>12}')
+  print(f'{args.steps} steps per run, {args.repeats} repeats alternating off/on after one warm-up run; '
+        'seconds: min / median')
+  print(f'{"model":8} {"wall off":>14} {"wall on":>14} {"ratio":>12} {"train off":>14} {"train on":>14} {"ratio":>12} '
+        f'{"end-of-run section":>19}')
   for name in args.models.split(','):
     config = mnist1d.get_config(name)
     config.steps, config.progress = args.steps, False
     config.eval_every = config.checkpoint_every = args.steps
+    _run(config, True)  # Warm-up: the first run in a process pays one-off costs (imports, thread pools, caches).
     results = {False: [], True: []}
     for _ in range(args.repeats):
       for accounted in (False, True):
         results[accounted].append(_run(config, accounted))
     cell = lambda xs: f'{min(xs):6.2f} / {statistics.median(xs):5.2f}'
     ratio = lambda on, off: f'{min(on) / min(off):5.3f} / {statistics.median(on) / statistics.median(off):5.3f}'
-    wall = {k: [w for w, _ in v] for k, v in results.items()}
-    train = {k: [t for _, t in v] for k, v in results.items()}
+    wall = {k: [r[0] for r in v] for k, v in results.items()}
+    train = {k: [r[1] for r in v] for k, v in results.items()}
+    section = [r[2] for r in results[True]]
     print(f'{name:8} {cell(wall[False]):>14} {cell(wall[True]):>14} {ratio(wall[True], wall[False]):>12} '
-          f'{cell(train[False]):>14} {cell(train[True]):>14} {ratio(train[True], train[False]):>12}', flush=True)
+          f'{cell(train[False]):>14} {cell(train[True]):>14} {ratio(train[True], train[False]):>12} '
+          f'{cell(section):>19}', flush=True)
   check_us, energy_us = _hook_cost(mnist1d.get_config('mlp'))
   log_every = mnist1d.get_config('mlp').log_every
   print(f'per-step hook: budget check {check_us:.2f} us/step, + energy reading {energy_us:.0f} us every {log_every} '
