@@ -99,9 +99,14 @@ def with_defaults(saved: dict) -> dict:
   return fill(saved, json.loads(base.get_base_config().to_json_best_effort()))
 
 
-def describe(changes: list[Change]) -> str:
-  """'key: old -> new, ...' for messages."""
-  return ', '.join(f'{c.key}: {c.saved!r} -> {c.new!r}' for c in changes)
+def describe(changes: list[Change], saved: dict | None = None) -> str:
+  """'key: old -> new, ...' for messages. With the saved config, a key it lacks (added to the code since) shows the
+  default the run had, which is the value that resumes it: 'key: not saved (default 'epoch') -> 'stored''."""
+  def old(c: Change) -> str:
+    if c.saved is None and saved is not None and _default(c.key, saved) is not None:
+      return f'not saved (default {_default(c.key, saved)!r})'
+    return repr(c.saved)
+  return ', '.join(f'{c.key}: {old(c)} -> {c.new!r}' for c in changes)
 
 
 def _is_safe(change: Change, saved: dict) -> bool:
@@ -138,7 +143,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
   changes = config_changes(saved, json.loads(config.to_json_best_effort()))
   unsafe = [c for c in changes if not _is_safe(c, saved)]
   if unsafe and not allow_change:
-    diff = describe(unsafe)
+    diff = describe(unsafe, saved)
     raise WorkdirError(
         f'--workdir={workdir} holds a run with a different config ({diff}); resuming would mix two experiments.\n'
         'Use a new --workdir, restore the saved values, or pass --allow_config_change to continue with the new ones.')

@@ -235,3 +235,19 @@ def test_dry_run_prints_the_costs_and_writes_nothing(tmp_path, env):
   assert any('FLOPs/step' in line and '(XLA)' in line and '(analytic)' in line for line in lines)
   assert any(line.strip().startswith('estimate') and ' J (' in line and 'g CO2' in line for line in lines)
   assert not workdir.exists()
+
+
+def test_a_key_added_since_a_run_was_saved_resumes_at_its_default(tmp_path):
+  # A run saved before `dataset.order` existed shuffled every epoch: today's default, 'epoch', resumes it, and the
+  # refusal for another value says which value that is.
+  from configs import mnist1d  # pylint: disable=g-import-not-at-top  (this module otherwise runs subprocesses)
+  from research import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = mnist1d.get_config('cnn')
+  saved = json.loads(config.to_json_best_effort())
+  del saved['dataset']['order']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config.dataset.order = 'epoch'
+  assert [c.key for c in workdir_lib.check_config(str(tmp_path), config, allow_change=False)] == ['dataset.order']
+  config.dataset.order = 'stored'
+  with pytest.raises(workdir_lib.WorkdirError, match=r"dataset.order: not saved \(default 'epoch'\) -> 'stored'"):
+    workdir_lib.check_config(str(tmp_path), config, allow_change=False)
