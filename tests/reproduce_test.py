@@ -61,6 +61,15 @@ def test_shuffled_variant_has_its_own_outputs(tmp_path):
   assert config['dataset']['variant'] == 'shuffled' and config['seed'] == 1
 
 
+def test_order_flag_sets_every_runs_batch_order(tmp_path):
+  out = tmp_path / 'epoch'
+  proc = _run(['mnist1d', '--order=epoch', '--models=logreg', '--seeds=1', '--steps=10', f'--out={out}'], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / 'runs' / 'logreg_s0' / 'config.json') as f:
+    assert json.load(f)['dataset']['order'] == 'epoch'
+  assert '--order=epoch' in json.loads((out / 'summary.json').read_text())['command']
+
+
 def test_bad_arguments_exit_2(tmp_path):
   for args, message in [(['cifar'], 'expected one benchmark name'), (['mnist1d', '--models=resnet'], 'resnet'),
                         (['mnist1d', '--seeds=0'], '--seeds=0')]:
