@@ -79,8 +79,7 @@ def memory_child(name: str) -> None:
   """Runs in its own process; prints one JSON line."""
   config, _, _, abstract, train_step = _setup(name, abstract=True)
   compiled = train_step.lower(abstract, _batch(config.batch_size)).compile()
-  stats = compiled.memory_analysis()
-  transient = stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+  transient = cost.transient_memory_bytes(compiled)
   holder = {'state': _setup(name, abstract=False)[3]}
   batch = {'inputs': jnp.ones((config.batch_size, *INPUT_SHAPE)), 'labels': jnp.zeros(config.batch_size, jnp.int32)}
   # The runtime's first executions allocate once (thread pools, per-thread state): not part of a step.

@@ -35,12 +35,7 @@ def main() -> None:
   prof = benchmark.op_profile(train, steps=args.steps, top=args.top)
   print(f'{args.model}: {params:,} params, {wall_ms:.2f} ms per step (wall, untraced); leaf ops sum to '
         f"{prof['ops_ms']:.2f} ms per step")
-  print('\n| op kind | ms per step | ops per step |\n|---|---:|---:|')
-  for kind, ms, n in prof['kinds']:
-    print(f'| {kind} | {ms:.2f} | {n:.1f} |')
-  print('\n| op | ms per step |\n|---|---:|')
-  for name, ms in prof['ops']:
-    print(f'| {name} | {ms:.2f} |')
+  print('', *benchmark.profile_tables(prof, ops=True), sep='\n')
 
 
 if __name__ == '__main__':

@@ -395,6 +395,15 @@ def _wait_cell(wait: dict | None) -> str:
   return f"{wait['data_wait_share']:.1%}" + ('' if wait['data'] == 'real' else ' (mock data)')
 
 
+def profile_tables(prof: dict, *, ops: bool = False) -> list[str]:
+  """Markdown lines of an op_profile: time per op kind, and with `ops` the single largest ops."""
+  out = ['| op kind | ms per step | ops per step |', '|---|---:|---:|',
+         *[f'| {kind} | {ms:.2f} | {n:.1f} |' for kind, ms, n in prof['kinds']]]
+  if ops:
+    out += ['', '| op | ms per step |', '|---|---:|', *[f'| {name} | {ms:.2f} |' for name, ms in prof['ops']]]
+  return out
+
+
 def profiles(report: dict) -> list[str]:
   """Markdown: for each model short of its throughput target, where its JAX step's time goes (op_profile)."""
   out = []
@@ -403,9 +412,7 @@ def profiles(report: dict) -> list[str]:
     if not prof:
       continue
     out += [f"**{name}** ({prof['wall_ms']:.2f} ms per step while traced; leaf ops sum to {prof['ops_ms']:.2f} ms "
-            f"per step over {prof['steps']} steps):", '',
-            '| op kind | ms per step | ops per step |', '|---|---:|---:|',
-            *[f'| {kind} | {ms:.2f} | {n:.1f} |' for kind, ms, n in prof['kinds']], '']
+            f"per step over {prof['steps']} steps):", '', *profile_tables(prof), '']
   if out:
     out = ['## Where the JAX step\'s time goes (models short of their throughput target)', '',
            'A jax.profiler trace of the train step summed per XLA op (`research.benchmark.op_profile`; '

@@ -103,9 +103,8 @@ def describe(changes: list[Change], saved: dict | None = None) -> str:
   """'key: old -> new, ...' for messages. With the saved config, a key it lacks (added to the code since) shows the
   default the run had, which is the value that resumes it: 'key: not saved (default 'epoch') -> 'stored''."""
   def old(c: Change) -> str:
-    if c.saved is None and saved is not None and _default(c.key, saved) is not None:
-      return f'not saved (default {_default(c.key, saved)!r})'
-    return repr(c.saved)
+    default = _default(c.key, saved) if c.saved is None and saved is not None else None
+    return repr(c.saved) if default is None else f'not saved (default {default!r})'
   return ', '.join(f'{c.key}: {old(c)} -> {c.new!r}' for c in changes)
 
 

@@ -37,6 +37,7 @@ from research.cost.memory import MemoryReading
 from research.cost.memory import param_stats
 from research.cost.memory import predicted_memory_bytes
 from research.cost.memory import reset_peak_rss
+from research.cost.memory import transient_memory_bytes
 from research.cost.peak import mfu
 from research.cost.peak import peak_flops_per_s
 from research.cost.xla import compiled_flops
@@ -48,4 +49,4 @@ __all__ = ['EnergyMeter', 'HeapPeak', 'Layer', 'MemoryReading', 'StepCosts', 'an
            'analytic_train_step_flops', 'batch1_latency_ms', 'call_latency_ms', 'collective_bytes', 'device_peak_bytes',
            'co2_grams', 'compiled_flops', 'dir_bytes', 'heap_peak', 'layer_flops', 'measured_peak_bytes', 'mfu',
            'model_flops_per_token', 'param_count', 'param_stats', 'peak_flops_per_s', 'predicted_memory_bytes',
-           'reset_peak_rss', 'step_costs', 'xla_flops']
+           'reset_peak_rss', 'step_costs', 'transient_memory_bytes', 'xla_flops']
