@@ -327,21 +327,22 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
       writer=metrics_lib.MetricWriter(workdir, resume_step=start_step) if lead else metrics_lib.NullWriter(),
       timers=timers, eval_prefix='eval' if dataset.task == 'lm' else 'test',
       tracker=accounting.Tracker(config, ledger, step_figures, t_start=t_start))
+  test_inputs = dataset.test[np.arange(min(100, dataset.num_test))]['inputs']
+  batch1 = accounting.Batch1Forward(model, state.params, test_inputs[:1])  # Compiles while the steps run.
   outcome = _train_steps(session, state, start_step)
 
   last_eval = outcome.last_eval or run_eval(outcome.state.params)  # Resumed at the end, or rolled back.
-  test_inputs = dataset.test[np.arange(min(100, dataset.num_test))]['inputs']
   costs = accounting.card_costs(
       session.tracker, timers, state=outcome.state, steps=outcome.step, session_steps=outcome.steps_run,
       checkpoint_dir=ckpt.directory)
   costs['scale_out'] = accounting.scale_out(config, mesh, outcome.state, session.tracker.step,
                                             param_bytes=costs['params']['bytes'])
-  # After the memory reading: compiling the batch-1 forward would add its own peak.
-  costs['inference'] = accounting.batch1_latency(model, outcome.state.params, test_inputs)
+  costs['inference'] = batch1.latency(outcome.state.params, test_inputs)
   eval_batch = sharding.put_global_batch(next(data.eval_batches(dataset, 'test', batch_size=config.eval_batch_size)),
                                          mesh)
   costs['inference'].update(accounting.eval_batch_latency(eval_step, outcome.state.params, eval_batch,
-                                                          batch_size=config.eval_batch_size))
+                                                          batch_size=config.eval_batch_size,
+                                                          seconds=0.005 * timers.train_s))
   card = run_card.build(
       config, outcome.state, steps=outcome.step, stop_reason=outcome.stop_reason, resumed_from_step=start_step,
       wall_time_s=time.time() - t_start, costs=costs, checkpoints_skipped=ckpt.skipped, message=outcome.message,
