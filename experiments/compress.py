@@ -6,7 +6,8 @@ Usage:
       --finetune_steps=500
 
 Methods (--methods, comma-separated; default finetune,int8,qat,prune50,prune90,structured50,distill): finetune
-(the control: fine-tuning alone), int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, distill (research/compression/compress.py says what each does). Writes
+(the control: fine-tuning alone), int8, w8a8, qat, pruneNN, pruneNN_int8, pruneNN_kd (pruning with the run as teacher), oneshotNN, structuredNN,
+distill (research/compression/compress.py says what each does). Writes
 OUT/table.md (method · metric with Δ vs baseline · parameters · bytes on disk · batch-1 latency · examples/s ·
 FLOPs/example · energy per 1,000 predictions), OUT/summary.json and OUT/compression.png; each compressed model is a
 directory OUT/METHOD that `python -m experiments.evaluate --workdir=OUT/METHOD` reads. Fine-tuning runs are ordinary
@@ -24,7 +25,8 @@ from experiments import cli
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run to compress (written by experiments.train).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory for the table, plot, summary and compressed models.')
 _METHODS = flags.DEFINE_string('methods', 'finetune,int8,qat,prune50,prune90,structured50,distill',
-                               'Comma-separated methods: finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, '
+                               'Comma-separated methods: finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, pruneNN_kd, '
+                               'pruneNN_kd_int8, oneshotNN, '
                                'structuredNN, distill.')
 _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 3000, 'Steps of the qat / prune / structured fine-tunes.',
                                        lower_bound=1)

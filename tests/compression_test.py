@@ -177,7 +177,7 @@ def trained(tmp_path_factory, env):
 @pytest.mark.long
 def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env, trained):
   out = str(tmp_path / 'comp')
-  methods = 'int8,w8a8,qat,prune90,prune90_int8,oneshot50,structured50,distill'
+  methods = 'int8,w8a8,qat,prune90,prune90_int8,prune80_kd,oneshot50,structured50,distill'
   proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', f'--methods={methods}',
                '--finetune_steps=30', '--seeds=1', '--distill_steps=30'], env)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -193,6 +193,10 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
   m = summary['methods']
   assert m['int8']['bytes_on_disk'] < 0.4 * base['bytes_on_disk']
   assert m['prune90']['sparsity'] == pytest.approx(0.9, abs=0.01)
+  assert m['prune80_kd']['sparsity'] == pytest.approx(0.8, abs=0.01) and 'distilled from' in m['prune80_kd'][
+      'description']
+  with open(os.path.join(out, 'prune80_kd', 'train', 'config.json')) as f:  # The fine-tune's teacher: the run.
+    assert json.load(f)['compression']['teacher'] == trained
   assert m['prune90_int8']['bytes_on_disk'] < m['prune90']['bytes_on_disk'] < 0.3 * base['bytes_on_disk']
   assert m['structured50']['flops_per_example'] <= 0.5 * base['flops_per_example']
   assert m['structured50']['params'] < base['params']
@@ -223,10 +227,11 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
 def test_methods_parse_and_apply_per_model():
   from research.compression import compress  # pylint: disable=g-import-not-at-top
   assert compress.parse_methods('int8, prune90_int8,structured50') == ['int8', 'prune90_int8', 'structured50']
+  assert compress.parse_methods('prune90_kd,prune90_kd_int8') == ['prune90_kd', 'prune90_kd_int8']
   compress.check_methods(['int8', 'w8a8', 'structured50', 'distill'], 'cnn')
-  compress.check_methods(['int8', 'qat', 'prune90', 'distill'], 'gpt')  # Distillation: a student with fewer layers.
-  with pytest.raises(ValueError, match=r"structured50 applies only to the models \('mlp', 'cnn'\), not 'gpt'"):
-    compress.check_methods(['structured50'], 'gpt')
+  compress.check_methods(['int8', 'qat', 'prune90', 'structured50', 'distill'], 'gpt')
+  with pytest.raises(ValueError, match=r"structured50 applies only to the models \('mlp', 'cnn', 'gpt'\), not 'gru'"):
+    compress.check_methods(['structured50'], 'gru')
   with pytest.raises(ValueError, match="w8a8 applies only to .* not 'gru'"):
     compress.check_methods(['w8a8'], 'gru')
 

@@ -17,6 +17,9 @@ ordinary workdir with its run card; rerunning skips finished ones). Methods (`pa
   pruneNN        gradual magnitude pruning to NN% sparsity while fine-tuning (Zhu & Gupta 2017: cubic ramp over the
                  first 2/3 of the fine-tune, then the mask is frozen), stored sparse (bitmask + float32 values).
   pruneNN_int8   the same, stored as bitmask + int8 values.
+  pruneNN_kd     the same pruning with the trained run as teacher: the fine-tune's loss is the distillation loss
+                 (as `distill`), so the pruned model learns to match the dense one, not only the labels
+                 (pruneNN_kd_int8: stored with int8 values).
   oneshotNN      magnitude pruning of the trained weights with no fine-tuning, stored sparse.
   structuredNN   whole channels / hidden units removed (research/compression/structured.py) down to a dense model
                  with at most NN% of the FLOPs, then fine-tuned; stored float32.
@@ -49,9 +52,9 @@ from research.compression import int8_exec, pruning, storage, structured
 from research.config import ConfigError, override
 
 _PATTERNS = {
-    'finetune': r'finetune', 'int8': r'int8', 'w8a8': r'w8a8', 'qat': r'qat', 'prune': r'prune(\d\d)(_int8)?', 'oneshot': r'oneshot(\d\d)',
+    'finetune': r'finetune', 'int8': r'int8', 'w8a8': r'w8a8', 'qat': r'qat', 'prune': r'prune(\d\d)(_kd)?(_int8)?', 'oneshot': r'oneshot(\d\d)',
     'structured': r'structured(\d\d)', 'distill': r'distill'}
-FORMS = 'finetune, int8, w8a8, qat, pruneNN, pruneNN_int8, oneshotNN, structuredNN, distill (NN: two digits, e.g. prune90)'
+FORMS = 'finetune, int8, w8a8, qat, pruneNN, pruneNN_kd, pruneNN_int8, pruneNN_kd_int8, oneshotNN, structuredNN, distill (NN: two digits, e.g. prune90)'
 DISTILL_FLOPS = 0.25  # The distilled student's FLOPs, as a fraction of the teacher's (its widths: structured25's).
 
 
@@ -77,7 +80,8 @@ def parse_methods(text: str) -> list[str]:
 def check_methods(methods: list[str], model_name: str) -> None:
   """Raises ValueError (naming the methods and the models they support) for methods that do not apply to model
   `model_name`; checked before anything is written."""
-  limits = [(('structured',), structured.SUPPORTED), (('distill',), (*structured.SUPPORTED, 'gpt')),
+  # distill's students: structured25's widths (mlp, cnn) or half the layers (gpt).
+  limits = [(('structured', 'distill'), structured.SUPPORTED),
             (('w8a8',), int8_exec.SUPPORTED)]
   for prefixes, supported in limits:
     bad = [m for m in methods if m.startswith(prefixes)]
@@ -287,16 +291,18 @@ class Compressor:
     return self.measure(name, f'{config.steps} steps of 8-bit quantization-aware fine-tuning, then int8', directory)
 
   def prune(self, name: str) -> Row:
-    target, int8 = int(name[5:7]) / 100, name.endswith('_int8')
-    steps = self.options.finetune_steps
+    nn, kd, int8 = re.fullmatch(_PATTERNS['prune'], name).groups()
+    target, steps = int(nn) / 100, self.options.finetune_steps
     end = max(1, 2 * steps // 3)
-    config = self._finetune_config(sparsity=target, prune_start=0, prune_end=end,
-                                   prune_every=max(1, end // 12))
-    train_dir = os.path.join(self.out, f'prune{name[5:7]}', 'train')  # pruneNN and pruneNN_int8 share it.
+    config = self._finetune_config(sparsity=target, prune_start=0, prune_end=end, prune_every=max(1, end // 12),
+                                   teacher=self.source.workdir if kd else '')
+    train_dir = os.path.join(self.out, f'prune{nn}{kd or ""}', 'train')  # pruneNN and pruneNN_int8 share it.
     params, _ = self._train(train_dir, config)
     directory = self._write_model(name, config, params, 'sparse_int8' if int8 else 'sparse')
-    return self.measure(name, f'gradual magnitude pruning to {target:.0%} over {end} of {steps} fine-tune steps, '
-                        f'stored {"bitmask + int8" if int8 else "bitmask + float32"}', directory,
+    teacher = (f', distilled from the trained run (T={config.compression.temperature:g}, '
+               f'alpha={config.compression.distill_weight:g})' if kd else '')
+    return self.measure(name, f'gradual magnitude pruning to {target:.0%} over {end} of {steps} fine-tune steps'
+                        f'{teacher}, stored {"bitmask + int8" if int8 else "bitmask + float32"}', directory,
                         sparsity=storage.sparsity(jax.device_get(params)))
 
   def oneshot(self, name: str) -> Row:
@@ -319,7 +325,7 @@ class Compressor:
     config.compression.init_from = init
     params, _ = self._train(os.path.join(self.out, name, 'train'), config)
     directory = self._write_model(name, config, params, 'float32')
-    widths = {k: v for k, v in small_config.items() if k in ('channels', 'hidden_size')}
+    widths = {k: v for k, v in small_config.items() if k in ('channels', 'hidden_size', 'num_heads', 'mlp_dim')}
     return self.measure(name, f'{1 - keep:.0%} of the units removed (widths {widths}), '
                         f'{config.steps} fine-tune steps', directory, keep=keep, widths=widths)
 

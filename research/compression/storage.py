@@ -13,8 +13,8 @@ size the payload, so the ratios between formats are the compression ratios. The 
 
 "Weights" are the leaves with ndim >= 2 (kernels, embeddings); the other leaves (biases, norm scales) are float32 in
 every format. Tensor names are the '/'-joined key path ('Dense_0/kernel'), with a suffix for the parts of an encoded
-weight ('.int8', '.scale', '.mask', '.values'). The file's string metadata holds the format, each weight's original
-shape and dtype (JSON) and the caller's metadata (JSON under 'user').
+weight ('.int8', '.scale', '.mask', '.values'). The file's string metadata holds the format, the caller's metadata
+(JSON under 'user') and, for the sparse formats, each weight's shape (JSON under 'weights': their tensors are flat).
 
 `load` always decodes to float32 numpy arrays in the original nested-dict structure (empty sub-dicts are not
 stored), ready to be used as flax params.
@@ -36,7 +36,8 @@ FORMATS = ('float32', 'int8', 'sparse', 'sparse_int8')
 
 # Marks a file as written by this module, so that `load` can refuse other safetensors files (a Hugging Face
 # checkpoint, say) with a clear error instead of decoding them as something they are not.
-_SCHEMA = 'research.compression.storage/1'
+_SCHEMA = 'research.compression.storage/2'
+_READS = ('research.compression.storage/1', _SCHEMA)  # Schema 1 also listed float32 and int8 weights' shapes.
 _SEP = '/'
 _SUFFIXES = {'float32': ('',), 'int8': ('.int8', '.scale'), 'sparse': ('.mask', '.values'),
              'sparse_int8': ('.mask', '.values', '.scale')}
@@ -143,12 +144,12 @@ def save(path: str, params: Any, *, fmt: str, metadata: dict | None = None) -> i
   if fmt not in FORMATS:
     raise ValueError(f'fmt={fmt!r}: expected one of {FORMATS}')
   # Everything is encoded before the file is opened, so bad input fails without touching the disk.
-  user = json.dumps(metadata or {}, sort_keys=True)
+  user = json.dumps(metadata or {}, sort_keys=True, separators=(',', ':'))
   tensors: dict[str, np.ndarray] = {}
   weights: dict[str, dict] = {}
   for name, leaf in _flatten(params).items():
     if quantize.is_weight(leaf):
-      weights[name] = {'shape': list(leaf.shape), 'dtype': leaf.dtype.name}
+      weights[name] = list(leaf.shape)
       parts = {name + suffix: value for suffix, value in _encode_weight(leaf, fmt).items()}
     else:
       parts = {name: leaf.astype(np.float32)}
@@ -158,7 +159,12 @@ def save(path: str, params: Any, *, fmt: str, metadata: dict | None = None) -> i
         raise ValueError(f'two tensors named {tensor_name!r}: rename the param key')
       # safetensors reads the raw buffer; np.ascontiguousarray would turn a 0-d array into 1-d.
       tensors[tensor_name] = np.require(value, requirements='C')
-  header = {'schema': _SCHEMA, 'format': fmt, 'weights': json.dumps(weights, sort_keys=True), 'user': user}
+  # Only the sparse formats need each weight's shape (their tensors are flat); the names of int8 weights are
+  # those of their '.int8' tensors, and float32 weights are plain tensors. Compact JSON: on a 5,000-parameter
+  # model every byte of header is 0.02% of the float32 file.
+  header = {'schema': _SCHEMA, 'format': fmt, 'user': user}
+  if fmt.startswith('sparse'):
+    header['weights'] = json.dumps(weights, sort_keys=True, separators=(',', ':'))
 
   path = os.fspath(path)
   tmp = path + '.tmp'
@@ -198,18 +204,24 @@ def load(path: str, *, quantized: bool = False) -> tuple[dict, str, dict]:
       tensors = {name: f.get_tensor(name) for name in f.keys()}
   except SafetensorError as e:
     raise ValueError(f'{path} is not a safetensors file: {e}') from e
-  if header.get('schema') != _SCHEMA or header.get('format') not in FORMATS:
+  if header.get('schema') not in _READS or header.get('format') not in FORMATS:
     raise ValueError(f'{path} was not written by research.compression.storage.save (metadata {sorted(header)}, '
                      f'schema {header.get("schema")!r}, format {header.get("format")!r})')
   fmt = header['format']
   try:
-    weights = json.loads(header['weights'])
     user = json.loads(header['user'])
-  except (KeyError, json.JSONDecodeError) as e:
+    if 'weights' in header:  # The sparse formats: {name: shape}; schema 1 wrote {name: {'shape', 'dtype'}}.
+      weights = {name: tuple(info['shape'] if isinstance(info, dict) else info)
+                 for name, info in json.loads(header['weights']).items()}
+    else:  # float32 and int8 name their weights by their tensors; the shape is the stored one.
+      suffix = _SUFFIXES[fmt][0]
+      weights = {name[:len(name) - len(suffix)]: tensors[name].shape for name in tensors
+                 if name.endswith(suffix) and (suffix or quantize.is_weight(tensors[name]))}
+  except (KeyError, TypeError, json.JSONDecodeError) as e:
     raise ValueError(f'{path}: bad metadata ({e!r})') from e
 
   flat = {}
-  for name, info in weights.items():
+  for name, shape in weights.items():
     try:
       parts = {suffix: tensors.pop(name + suffix) for suffix in _SUFFIXES[fmt]}
     except KeyError as e:
@@ -217,7 +229,7 @@ def load(path: str, *, quantized: bool = False) -> tuple[dict, str, dict]:
     if quantized and fmt == 'int8':
       flat[name + _SEP + 'int8'], flat[name + _SEP + 'scale'] = parts['.int8'], parts['.scale']
     else:
-      flat[name] = _decode_weight(name, parts, tuple(info['shape']), fmt)
+      flat[name] = _decode_weight(name, parts, shape, fmt)
   # What is left are the leaves stored as plain float32 (biases, norm scales).
   flat.update({name: value.astype(np.float32, copy=False) for name, value in tensors.items()})
   return _unflatten(flat), fmt, user

@@ -19,6 +19,11 @@ Supported models (`SUPPORTED`):
        Without the residual the two layers are pruned independently (to the same width: one hidden_size).
   cnn  research/models/cnn.py's 1-D CNN: every conv's output channels; the head reads the flattened [length',
        channels] features position-major (row = position * C + channel), so it keeps those rows of each position.
+  gpt  research/models/gpt.py: every block's attention heads (a head's incoming weights: its q, k and v columns
+       of the fused projection; the output projection loses the head's rows; head_dim stays) and MLP hidden units
+       (mlp_in's columns, mlp_out's rows), the same count in every block (the config has one num_heads and one
+       mlp_dim). A head whose q, k, v weights and biases are zero outputs 0 (its values are 0 whatever it attends
+       to), so here too the smaller model computes what the original computes with those weights zeroed.
 """
 
 from typing import Any, Mapping
@@ -31,7 +36,7 @@ import numpy as np
 from research import models
 from research.cost import analytic
 
-SUPPORTED = ('mlp', 'cnn')
+SUPPORTED = ('mlp', 'cnn', 'gpt')
 
 Params = dict[str, Any]
 
@@ -56,10 +61,21 @@ def _full_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
   return config
 
 
+def _gpt_widths(config: Mapping[str, Any]) -> tuple[int, int, int]:
+  """(heads, head_dim, mlp width) of a full gpt config, with GPT-2's defaults for head_dim and mlp_dim of 0."""
+  heads = config['num_heads']
+  return heads, config['head_dim'] or config['d_model'] // heads, config['mlp_dim'] or 4 * config['d_model']
+
+
 def _widths(config: Mapping[str, Any]) -> dict[str, int]:
-  """{layer: output units} of the layers whose output units are pruned, in forward order."""
+  """{unit group: units} of the groups whose units are pruned, in forward order: a layer's output units, or for
+  the gpt 'h_i/heads' and 'h_i/mlp' per block."""
   if config['name'] == 'cnn':
     return {f'Im2colConv_{i}': c for i, c in enumerate(config['channels'])}
+  if config['name'] == 'gpt':
+    heads, _, mlp = _gpt_widths(config)
+    return {f'h_{i}/{group}': width for i in range(config['num_layers'])
+            for group, width in (('heads', heads), ('mlp', mlp))}
   return {'Dense_0': config['hidden_size'], 'Dense_1': config['hidden_size']}
 
 
@@ -78,13 +94,38 @@ def _shrunk_config(config: Mapping[str, Any], keep: float) -> dict[str, Any]:
   new = dict(config)
   if config['name'] == 'cnn':
     new['channels'] = tuple(_kept_count(c, keep) for c in config['channels'])
+  elif config['name'] == 'gpt':
+    heads, head_dim, mlp = _gpt_widths(config)
+    if _kept_count(heads, keep) != heads:  # Fewer heads of the same width: head_dim no longer D / heads.
+      new['num_heads'], new['head_dim'] = _kept_count(heads, keep), head_dim
+    if _kept_count(mlp, keep) != mlp:
+      new['mlp_dim'] = _kept_count(mlp, keep)
   else:
     new['hidden_size'] = _kept_count(config['hidden_size'], keep)
   return new
 
 
+def _gpt_kernel(params: Params, block: int, group: str) -> tuple[np.ndarray, int]:
+  """(kernel, axis of its units) that holds the incoming weights of `group` ('heads' or 'mlp') in block `block`:
+  qkv's [D, 3, heads, head_dim] (axis 2) or mlp_in's [D, width] (axis 1)."""
+  layer = params[f'h_{block}']
+  return (layer['attn']['qkv']['kernel'], 2) if group == 'heads' else (layer['mlp_in']['kernel'], 1)
+
+
 def _check_params(config: Mapping[str, Any], params: Params) -> None:
   """Raises ValueError unless `params` has the layers and widths that `config` describes."""
+  if config['name'] == 'gpt':
+    heads, head_dim, mlp = _gpt_widths(config)
+    d = config['d_model']
+    for i in range(config['num_layers']):
+      for group, want in (('heads', (d, 3, heads, head_dim)), ('mlp', (d, mlp))):
+        try:
+          shape = np.shape(_gpt_kernel(params, i, group)[0])
+        except (KeyError, TypeError):
+          shape = None
+        if shape != want:
+          raise ValueError(f'params of block h_{i} ({group}) have kernel shape {shape}; the model config wants {want}')
+    return
   for layer, width in _widths(config).items():
     shape = np.shape(params[layer]['kernel']) if layer in params and 'kernel' in params[layer] else None
     if shape is None or shape[-1] != width:
@@ -110,6 +151,11 @@ def channel_importance(model_config: Mapping[str, Any], params: Params) -> dict[
   _check_params(config, params)
   importance = {}
   for layer, width in _widths(config).items():
+    if config['name'] == 'gpt':
+      block, group = layer.split('/')
+      kernel, axis = _gpt_kernel(params, int(block[2:]), group)
+      importance[layer] = np.moveaxis(np.abs(np.asarray(kernel, np.float64)), axis, 0).reshape(width, -1).sum(1)
+      continue
     kernel = np.asarray(params[layer]['kernel'])  # [..., c_in, width]: the output unit is the last axis.
     importance[layer] = np.abs(kernel.reshape(-1, width)).sum(axis=0, dtype=np.float64)
   if config['name'] == 'mlp' and config['residual']:
@@ -139,6 +185,12 @@ def kept_units(model_config: Mapping[str, Any], params: Params, *, keep: float) 
   # Stable sort of -importance: among equal importances the lower index wins, the same in both residual layers.
   return {layer: np.sort(np.argsort(-imp, kind='stable')[:_kept_count(imp.size, keep)])
           for layer, imp in importance.items()}
+
+
+def _take_axis(leaf: Any, idx: np.ndarray, axis: int) -> Any:
+  """`leaf` with only the `idx` entries of `axis` (on the host, as `_take`)."""
+  sliced = np.take(np.asarray(leaf), idx, axis=axis)
+  return jnp.asarray(sliced) if isinstance(leaf, jax.Array) else sliced
 
 
 def _take(leaf: Any, outputs: np.ndarray | None, inputs: np.ndarray | None = None) -> Any:
@@ -180,7 +232,7 @@ def shrink(model_config: Mapping[str, Any], params: Params, *, keep: float) -> t
   config = _full_config(model_config)
   params = nn.unbox(params)
   kept = kept_units(config, params, keep=keep)
-  new = {layer: dict(variables) for layer, variables in params.items()}
+  new = {layer: dict(v) if isinstance(v, Mapping) else v for layer, v in params.items()}  # The gpt's wpe: a leaf.
   if config['name'] == 'cnn':
     previous = None  # Kept channels of the previous conv; the first conv reads the input, all of it.
     for i in range(len(config['channels'])):
@@ -196,6 +248,18 @@ def shrink(model_config: Mapping[str, Any], params: Params, *, keep: float) -> t
     # Row position * C + channel for every position and each kept channel, position-major as the head reads them.
     rows = (np.arange(head.shape[0] // channels)[:, None] * channels + previous[None, :]).reshape(-1)
     new['Dense_0']['kernel'] = _take(head, None, rows)
+  elif config['name'] == 'gpt':
+    for i in range(config['num_layers']):
+      block, heads, mlp = params[f'h_{i}'], kept[f'h_{i}/heads'], kept[f'h_{i}/mlp']
+      qkv, out = block['attn']['qkv'], block['attn']['out']
+      new[f'h_{i}'] = {
+          **block,
+          'attn': {'qkv': {'kernel': _take_axis(qkv['kernel'], heads, 2), 'bias': _take_axis(qkv['bias'], heads, 1)},
+                   'out': {'kernel': _take_axis(out['kernel'], heads, 0), 'bias': out['bias']}},
+          'mlp_in': {'kernel': _take_axis(block['mlp_in']['kernel'], mlp, 1),
+                     'bias': _take_axis(block['mlp_in']['bias'], mlp, 0)},
+          'mlp_out': {'kernel': _take_axis(block['mlp_out']['kernel'], mlp, 0), 'bias': block['mlp_out']['bias']},
+      }
   else:
     first, second = kept['Dense_0'], kept['Dense_1']  # Equal when residual (channel_importance shares them).
     new['Dense_0'] = {'kernel': _take(params['Dense_0']['kernel'], first),

@@ -157,19 +157,21 @@ def _gpt(m, input_shape) -> list[Layer]:
   """GPT-2 over n tokens: per-token layers at n positions; full n x n attention scores (the causal mask is applied
   to all of them, one select each); the head is the tied embedding (x wte^T, no bias)."""
   n, d, heads, vocab = input_shape[0], m.d_model, m.num_heads, m.num_classes
+  inner = heads * (m.head_dim or d // heads)  # q/k/v width: D unless heads were pruned.
+  width = m.mlp_dim or 4 * d
   norm = lambda name: Layer(name, 0.0, LAYERNORM_FLOPS * n * d)
   layers = [Layer('embed', 0.0, n * d, input_grad=False)]  # Token lookup (no arithmetic) + positions.
   for b in range(m.num_layers):
     p = f'h_{b}/'
     layers += [
         norm(p + 'ln_1'),
-        _dense(p + 'qkv', d, 3 * d, n),
-        Layer(p + 'attention_scores', 2.0 * n * n * d, n * d + (SOFTMAX_FLOPS + 1) * heads * n * n),
-        Layer(p + 'attention_values', 2.0 * n * n * d),
-        _dense(p + 'out', d, d, n, activation=1),  # + the residual add.
+        _dense(p + 'qkv', d, 3 * inner, n),
+        Layer(p + 'attention_scores', 2.0 * n * n * inner, n * inner + (SOFTMAX_FLOPS + 1) * heads * n * n),
+        Layer(p + 'attention_values', 2.0 * n * n * inner),
+        _dense(p + 'out', inner, d, n, activation=1),  # + the residual add.
         norm(p + 'ln_2'),
-        _dense(p + 'mlp_in', d, 4 * d, n, activation=GELU_FLOPS),
-        _dense(p + 'mlp_out', 4 * d, d, n, activation=1),
+        _dense(p + 'mlp_in', d, width, n, activation=GELU_FLOPS),
+        _dense(p + 'mlp_out', width, d, n, activation=1),
     ]
   return layers + [norm('ln_f'), Layer('head', 2.0 * n * d * vocab)]
 
@@ -185,7 +187,8 @@ def model_flops_per_token(model_config: Mapping[str, Any], *, seq_len: int, voca
   """
   model = models.get_model(model_config, num_classes=vocab)
   n = param_count(model_config, (seq_len,), vocab) - model.context * model.d_model
-  return 6.0 * n + 12.0 * model.num_layers * seq_len * model.d_model
+  inner = model.num_heads * (model.head_dim or model.d_model // model.num_heads)  # D unless heads were pruned.
+  return 6.0 * n + 12.0 * model.num_layers * seq_len * inner
 
 
 _FAMILIES: dict[str, Callable[[Any, tuple[int, ...]], list[Layer]]] = {

@@ -157,6 +157,7 @@ class CausalSelfAttention(nn.Module):
   context: int
   num_layers: int
   attention: str
+  head_dim: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, decode: bool) -> jax.Array:
@@ -165,7 +166,8 @@ class CausalSelfAttention(nn.Module):
     Returns: [batch, time, D].
     """
     b, t, d = x.shape
-    head_dim = d // self.num_heads
+    head_dim = self.head_dim or d // self.num_heads
+    inner = self.num_heads * head_dim  # D, unless heads were pruned (research/compression/structured.py).
     # Tensor parallel (Megatron): q/k/v split by heads (columns), the output projection by heads (rows).
     qkv = _Dense((d, 3, self.num_heads, head_dim), 1, ('embed', None, 'heads', 'kv'), 0.02,
                  name='qkv')(x.reshape(b * t, d))
@@ -176,7 +178,7 @@ class CausalSelfAttention(nn.Module):
     else:
       out = causal_attention(q, k, v, implementation=self.attention)
     out = _Dense((self.num_heads, head_dim, d), 2, ('heads', 'kv', 'embed'), 0.02 / math.sqrt(2 * self.num_layers),
-                 name='out')(out.reshape(b * t, d))
+                 name='out')(out.reshape(b * t, inner))
     return out.reshape(b, t, d)
 
   def _cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -205,17 +207,20 @@ class Block(nn.Module):
   num_layers: int
   attention: str
   dropout_rate: float
+  head_dim: int = 0
+  mlp_dim: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, decode: bool) -> jax.Array:
     """Args: x: [batch, time, D]; train, decode positional so that nn.remat can mark them static."""
     b, t, d = x.shape
     drop = Dropout(self.dropout_rate, deterministic=not train)
-    x = x + drop(CausalSelfAttention(self.num_heads, self.context, self.num_layers, self.attention, name='attn')(
-        _layer_norm('ln_1')(x), decode=decode))
-    h = _Dense((d, 4 * d), 1, ('embed', 'mlp'), 0.02, name='mlp_in')(_layer_norm('ln_2')(x).reshape(b * t, d))
+    x = x + drop(CausalSelfAttention(self.num_heads, self.context, self.num_layers, self.attention, self.head_dim,
+                                     name='attn')(_layer_norm('ln_1')(x), decode=decode))
+    width = self.mlp_dim or 4 * d
+    h = _Dense((d, width), 1, ('embed', 'mlp'), 0.02, name='mlp_in')(_layer_norm('ln_2')(x).reshape(b * t, d))
     h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new".
-    h = _Dense((4 * d, d), 1, ('mlp', 'embed'), 0.02 / math.sqrt(2 * self.num_layers), name='mlp_out')(h)
+    h = _Dense((width, d), 1, ('mlp', 'embed'), 0.02 / math.sqrt(2 * self.num_layers), name='mlp_out')(h)
     return x + drop(h.reshape(b, t, d))
 
 
@@ -234,6 +239,9 @@ class GPT(nn.Module):
     dropout_rate: dropout on the embeddings and each residual branch (train only).
     attention: 'auto' | 'einsum' | 'xla' | 'cudnn' (module docstring).
     remat: recompute each block's activations in the backward pass instead of storing them.
+    head_dim: each head's width; 0: D / num_heads (GPT-2). Set otherwise by structured pruning, which removes
+      whole heads (num_heads falls, head_dim stays).
+    mlp_dim: the MLP's hidden width; 0: 4D (GPT-2; Hugging Face's n_inner).
   """
 
   num_classes: int
@@ -244,6 +252,8 @@ class GPT(nn.Module):
   dropout_rate: float = 0.0
   attention: str = 'auto'
   remat: bool = False
+  head_dim: int = 0
+  mlp_dim: int = 0
 
   input_dtype = jnp.int32  # Token ids (not a field: the dummy input of init uses it).
 
@@ -256,8 +266,12 @@ class GPT(nn.Module):
 
     Returns: [batch, time, num_classes] logits (float32 unless the params were cast).
     """
-    if self.d_model % self.num_heads:
-      raise ValueError(f'model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads})')
+    if not self.head_dim and self.d_model % self.num_heads:
+      raise ValueError(f'model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads}) '
+                       'unless model.head_dim is set')
+    if self.head_dim < 0 or self.mlp_dim < 0:
+      raise ValueError(f'model.head_dim ({self.head_dim}) and model.mlp_dim ({self.mlp_dim}) must be >= 0 (0: '
+                       "GPT-2's D / num_heads and 4D)")
     if self.attention not in ATTENTIONS:
       raise ValueError(f'model.attention ({self.attention!r}) must be one of {ATTENTIONS}')
     b, t = tokens.shape
@@ -278,6 +292,6 @@ class GPT(nn.Module):
     x = Dropout(self.dropout_rate, deterministic=not train)(x)
     block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block  # 2, 3: train, decode (0 is self).
     for i in range(self.num_layers):
-      x = block(self.num_heads, self.context, self.num_layers, self.attention, self.dropout_rate,
-                name=f'h_{i}')(x, train, decode)
+      x = block(self.num_heads, self.context, self.num_layers, self.attention, self.dropout_rate, self.head_dim,
+                self.mlp_dim, name=f'h_{i}')(x, train, decode)
     return wte.attend(_layer_norm('ln_f')(x))  # Tied: logits = x wte^T.

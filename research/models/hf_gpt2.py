@@ -136,6 +136,9 @@ def to_tensors(params: dict[str, Any], model: gpt.GPT) -> dict[str, np.ndarray]:
   """The inverse of params_from_tensors: our params as GPT2LMHeadModel's state dict (without lm_head, as
   save_pretrained writes it), for safetensors.numpy.save_file."""
   d = model.d_model
+  if model.head_dim or model.mlp_dim:
+    raise CheckpointError(f'model.head_dim={model.head_dim}, model.mlp_dim={model.mlp_dim}: a GPT-2 checkpoint has '
+                          'D / heads and 4D (a structurally pruned GPT has no Hugging Face layout)')
   params = nn.meta.unbox(params)  # model.init's params carry logical axis names.
   p = {'transformer.wte.weight': params['wte']['embedding'], 'transformer.wpe.weight': params['wpe'],
        'transformer.ln_f.weight': params['ln_f']['scale'], 'transformer.ln_f.bias': params['ln_f']['bias']}
