@@ -115,26 +115,39 @@ def test_qat_eval_step_equals_the_int8_model():
   assert float(qat['correct_sum']) == float(int8['correct_sum'])
 
 
-@pytest.mark.parametrize('name', ['mlp', 'cnn', 'lenet5'])
-def test_integer_execution_runs_int8_matmuls_and_agrees_with_the_float_model(name):
+_SMALL_GPT = {'name': 'gpt', 'context': 16, 'd_model': 32, 'num_heads': 4, 'num_layers': 2, 'attention': 'einsum'}
+
+
+@pytest.mark.parametrize('config', [{'name': 'mlp'}, {'name': 'cnn'}, {'name': 'lenet5'}, {'name': 'gru'},
+                                    {'name': 'lstm'}, {'name': 'transformer'}, _SMALL_GPT],
+                         ids=lambda c: c['name'])
+def test_integer_execution_runs_int8_matmuls_and_agrees_with_the_float_model(config):
   from research import models  # pylint: disable=g-import-not-at-top
   from research.compression import int8_exec  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  model = models.get_model({'name': name}, num_classes=10)
-  shape = (16, 28, 28, 1) if name == 'lenet5' else (16, 40)
-  x = jax.random.normal(jax.random.key(0), shape)
+  name = config['name']
+  assert name in int8_exec.SUPPORTED
+  model = models.get_model(config, num_classes=64 if name == 'gpt' else 10)
+  if name == 'gpt':
+    x = jax.random.randint(jax.random.key(0), (4, 16), 0, 64)
+  else:
+    x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1) if name == 'lenet5' else (16, 40))
   params = nn.unbox(model.init(jax.random.key(1), x, train=False))['params']
   qparams = jax.tree.map(jnp.asarray, quantize.quantize_params(params))
   model8 = int8_exec.Int8Model(model)
   forward = jax.jit(lambda p, x: model8.apply({'params': p}, x, train=False))
   logits = model.apply({'params': params}, x, train=False)
   logits8 = forward(qparams, x)
-  # Every weight matmul is integer: as many int8 x int8 -> int32 dots as the model has weight matrices.
+  # Every weight matmul is integer: as many int8 x int8 -> int32 dots as the model has kernels and token tables
+  # (position tables and the Transformer's [heads, head_dim] biases are int8 on disk too, but added, not
+  # multiplied), and the only float dots are attention's (activations x activations).
   hlo = forward.lower(qparams, x).as_text()
-  weights = sum(1 for w in jax.tree.leaves(params) if w.ndim >= 2)
+  weights = sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(params)
+                if path[-1].key in ('kernel', 'embedding'))
   int_dots = [line for line in hlo.splitlines() if 'dot_general' in line and 'xi8>' in line and 'xi32>' in line]
   float_dots = [line for line in hlo.splitlines() if 'dot_general' in line and 'xi8>' not in line]
-  assert len(int_dots) == weights and not float_dots, hlo[:3000]
+  attention_dots = 2 * model.num_layers if name in ('transformer', 'gpt') else 0  # q k^T, weights v per block.
+  assert len(int_dots) == weights and len(float_dots) == attention_dots, hlo[:3000]
   scale = float(jnp.abs(logits).max())
   np.testing.assert_allclose(logits8, logits, atol=0.05 * scale)
   assert float(jnp.mean(jnp.argmax(logits8, -1) == jnp.argmax(logits, -1))) >= 0.9
@@ -232,8 +245,9 @@ def test_methods_parse_and_apply_per_model():
   compress.check_methods(['int8', 'qat', 'prune90', 'structured50', 'distill'], 'gpt')
   with pytest.raises(ValueError, match=r"structured50 applies only to the models \('mlp', 'cnn', 'gpt'\), not 'gru'"):
     compress.check_methods(['structured50'], 'gru')
-  with pytest.raises(ValueError, match="w8a8 applies only to .* not 'gru'"):
-    compress.check_methods(['w8a8'], 'gru')
+  compress.check_methods(['w8a8'], 'gru')  # Integer matmuls: every family.
+  with pytest.raises(ValueError, match="distill applies only to .* not 'lstm'"):
+    compress.check_methods(['distill'], 'lstm')
 
 
 @pytest.mark.parametrize('args,message', [
@@ -255,9 +269,9 @@ def test_methods_a_model_does_not_support_exit_2_and_write_nothing(tmp_path, env
                '--config.progress=False'], env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / 'comp'
-  proc = _run(['experiments.compress', f'--workdir={workdir}', f'--out={out}', '--methods=int8,w8a8'], env)
-  assert proc.returncode == 2 and "w8a8 applies only to the models" in proc.stderr and "not 'gru'" in proc.stderr, \
-      proc.stderr[-2000:]
+  proc = _run(['experiments.compress', f'--workdir={workdir}', f'--out={out}', '--methods=int8,structured50'], env)
+  assert proc.returncode == 2 and "structured50 applies only to the models" in proc.stderr and "not 'gru'" in \
+      proc.stderr, proc.stderr[-2000:]
   assert not out.exists()
 
 

@@ -288,7 +288,8 @@ class GPT(nn.Module):
         start = 0
       else:
         position.value = start + t
-    x = wte(tokens) + jax.lax.dynamic_slice_in_dim(wpe, start, t).astype(wte.embedding.dtype)
+    x = wte(tokens)  # Its dtype is the embedding's (read from the output: an int8 model's table is not an array).
+    x = x + jax.lax.dynamic_slice_in_dim(wpe, start, t).astype(x.dtype)
     x = Dropout(self.dropout_rate, deterministic=not train)(x)
     block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block  # 2, 3: train, decode (0 is self).
     for i in range(self.num_layers):
