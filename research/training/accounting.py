@@ -213,13 +213,24 @@ def _if_lm(step: StepCost, **entries) -> dict:
   return entries if step.tokens_per_step is not None else {}
 
 
+class _Deferred:
+  """A future-like holder that runs `fn` when its result is first asked for."""
+
+  def __init__(self, fn):
+    self._fn = fn
+
+  def result(self):
+    return self._fn()
+
+
 class Batch1Forward:
   """The batch-1 forward on one device, compiled in a background thread from the start of the run.
 
   Why in the background: compiling it at the end of a run took 0.15-0.35 s (MNIST-1D CNN, GRU, Transformer), a
   fixed cost that made a few-second run 2-4% slower with accounting on. Started before the train step's compile, the
   two compiles share the cores instead of adding up (XLA compiles with the GIL released; a tiny model's training
-  keeps one core busy at most), and the executable is ready when the run ends.
+  keeps one core busy at most), and the executable is ready when the run ends. Single-process runs only: a
+  multi-process run compiles it at the end.
   """
 
   def __init__(self, model, params, example: np.ndarray):
@@ -231,9 +242,15 @@ class Batch1Forward:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed), params)
     x = jax.ShapeDtypeStruct(example.shape, example.dtype, sharding=placed)
     forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='batch1-compile')
-    self._compiled = self._pool.submit(lambda: forward.lower(abstract, x).compile())
-    self._pool.shutdown(wait=False)
+    compile_ = lambda: forward.lower(abstract, x).compile()
+    if jax.process_count() > 1:
+      # Multi-process runs hung (tests/multiprocess_test.py: no process reached its end) with the compile in a
+      # thread beside the steps' cross-process collectives; there it stays at the end of the run, as before.
+      self._compiled = _Deferred(compile_)
+      return
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='batch1-compile')
+    self._compiled = pool.submit(compile_)
+    pool.shutdown(wait=False)
 
   def latency(self, params, inputs: np.ndarray, *, examples: int = 100) -> dict:
     """The card's `inference` entry: batch-1 forward latency p50/p99 over the first `examples` of `inputs`."""
