@@ -226,10 +226,12 @@ class _Deferred:
 class Batch1Forward:
   """The batch-1 forward on one device, compiled in a background thread from the start of the run.
 
-  Why in the background: compiling it at the end of a run took 0.15-0.35 s (MNIST-1D CNN, GRU, Transformer), a
-  fixed cost that made a few-second run 2-4% slower with accounting on. Started before the train step's compile, the
-  two compiles share the cores instead of adding up (XLA compiles with the GIL released; a tiny model's training
-  keeps one core busy at most), and the executable is ready when the run ends. Single-process runs only: a
+  Why in the background: compiling it at the end of a run took 0.1-0.35 s (MNIST-1D MLP, CNN, GRU, Transformer), a
+  fixed cost that made a few-second run 2-4% slower with accounting on. Started as training starts, it compiles on
+  the core that a small model's training leaves free (XLA compiles with the GIL released), and the executable is
+  ready when the run ends: wall time on/off 0.99-1.01 (benchmarks/accounting_overhead.py). Started next to the train
+  step's compile instead, it lengthened compile_s by as much (the two compiles share the 2 cores). The compile's
+  memory did not show in the card's RSS rise (noise of several MiB either way). Single-process runs only: a
   multi-process run compiles it at the end.
   """
 
