@@ -132,11 +132,12 @@ def test_integer_execution_runs_int8_matmuls_and_agrees_with_the_float_model(con
     x = jax.random.randint(jax.random.key(0), (4, 16), 0, 64)
   else:
     x = jax.random.normal(jax.random.key(0), (16, 28, 28, 1) if name == 'lenet5' else (16, 40))
-  params = nn.unbox(model.init(jax.random.key(1), x, train=False))['params']
+  # Jitted: eager init and apply compile every op on its own (several seconds for the Transformer).
+  params = nn.unbox(jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x))['params']
   qparams = jax.tree.map(jnp.asarray, quantize.quantize_params(params))
   model8 = int8_exec.Int8Model(model)
   forward = jax.jit(lambda p, x: model8.apply({'params': p}, x, train=False))
-  logits = model.apply({'params': params}, x, train=False)
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, x)
   logits8 = forward(qparams, x)
   # Every weight matmul is integer: as many int8 x int8 -> int32 dots as the model has kernels and token tables
   # (position tables and the Transformer's [heads, head_dim] biases are int8 on disk too, but added, not
