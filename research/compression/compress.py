@@ -291,12 +291,12 @@ class Compressor:
     return self.measure(name, f'{config.steps} steps of 8-bit quantization-aware fine-tuning, then int8', directory)
 
   def prune(self, name: str) -> Row:
-    nn, kd, int8 = re.fullmatch(_PATTERNS['prune'], name).groups()
-    target, steps = int(nn) / 100, self.options.finetune_steps
+    percent, kd, int8 = re.fullmatch(_PATTERNS['prune'], name).groups()
+    target, steps = int(percent) / 100, self.options.finetune_steps
     end = max(1, 2 * steps // 3)
     config = self._finetune_config(sparsity=target, prune_start=0, prune_end=end, prune_every=max(1, end // 12),
                                    teacher=self.source.workdir if kd else '')
-    train_dir = os.path.join(self.out, f'prune{nn}{kd or ""}', 'train')  # pruneNN and pruneNN_int8 share it.
+    train_dir = os.path.join(self.out, f'prune{percent}{kd or ""}', 'train')  # Shared by the _int8 twin.
     params, _ = self._train(train_dir, config)
     directory = self._write_model(name, config, params, 'sparse_int8' if int8 else 'sparse')
     teacher = (f', distilled from the trained run (T={config.compression.temperature:g}, '

@@ -213,16 +213,6 @@ def _if_lm(step: StepCost, **entries) -> dict:
   return entries if step.tokens_per_step is not None else {}
 
 
-class _Deferred:
-  """A future-like holder that runs `fn` when its result is first asked for."""
-
-  def __init__(self, fn):
-    self._fn = fn
-
-  def result(self):
-    return self._fn()
-
-
 class Batch1Forward:
   """The batch-1 forward on one device, compiled in a background thread from the start of the run.
 
@@ -231,8 +221,7 @@ class Batch1Forward:
   the core that a small model's training leaves free (XLA compiles with the GIL released), and the executable is
   ready when the run ends: wall time on/off 0.99-1.01 (benchmarks/accounting_overhead.py). Started next to the train
   step's compile instead, it lengthened compile_s by as much (the two compiles share the 2 cores). The compile's
-  memory did not show in the card's RSS rise (noise of several MiB either way). Single-process runs only: a
-  multi-process run compiles it at the end.
+  memory did not show in the card's RSS rise (noise of several MiB either way).
   """
 
   def __init__(self, model, params, example: np.ndarray):
@@ -244,14 +233,8 @@ class Batch1Forward:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed), params)
     x = jax.ShapeDtypeStruct(example.shape, example.dtype, sharding=placed)
     forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-    compile_ = lambda: forward.lower(abstract, x).compile()
-    if jax.process_count() > 1:
-      # Multi-process runs hung (tests/multiprocess_test.py: no process reached its end) with the compile in a
-      # thread beside the steps' cross-process collectives; there it stays at the end of the run, as before.
-      self._compiled = _Deferred(compile_)
-      return
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='batch1-compile')
-    self._compiled = pool.submit(compile_)
+    self._compiled = pool.submit(lambda: forward.lower(abstract, x).compile())
     pool.shutdown(wait=False)
 
   def latency(self, params, inputs: np.ndarray, *, examples: int = 100) -> dict:
@@ -270,10 +253,14 @@ def batch1_latency(model, params, inputs: np.ndarray, *, examples: int = 100) ->
 
 def eval_batch_latency(eval_step, params, batch: dict, *, batch_size: int, seconds: float = float('inf')) -> dict:
   """The card's inference entries at the eval batch size: the compiled eval step (forward + loss sums) on one
-  full batch, after the run's own evaluations warmed it up; 20 calls, or as many (at least 5) as fit in `seconds`
-  (the loop gives it 0.5% of the training time, so that a short run's card costs it little)."""
+  full batch, after the run's own evaluations warmed it up; 20 calls, or in a single-process run as many (at least
+  5) as fit in `seconds` (the loop gives it 0.5% of the training time, so that a short run's card costs it little)."""
   first = cost.call_latency_ms(eval_step, params, batch, calls=1)['p50_ms']
   calls = int(np.clip(1e3 * seconds / max(first, 1e-6), 5, 20))
+  if jax.process_count() > 1:
+    # The eval step is one program across the processes: each must call it as often as the others, and their
+    # clocks differ (a count from them hung tests/multiprocess_test.py).
+    calls = 20
   timing = cost.call_latency_ms(eval_step, params, batch, calls=calls)
   return {'eval_batch_size': batch_size, 'eval_batch_p50_ms': timing['p50_ms'],
           'eval_batch_p99_ms': timing['p99_ms'], 'eval_examples_per_s': 1e3 * batch_size / timing['p50_ms'],
