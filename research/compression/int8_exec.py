@@ -59,10 +59,18 @@ def _quantized(module: nn.Module, name: str):
   return value if isinstance(value, dict) else None
 
 
-def _output_scale(scale: jax.Array, kernel_shape: tuple[int, ...], in_axes: int) -> jax.Array:
-  """Per-output-column scales of a kernel whose first `in_axes` axes are contracted: the [1, ..., 1, C] scale
-  broadcast to the kernel, read at input index 0 (it is constant along every axis but the last)."""
-  return jnp.broadcast_to(scale, kernel_shape).reshape(math.prod(kernel_shape[:in_axes]), -1)[0]
+def _contract(rows: jax.Array, kernel: dict, in_axes: int) -> jax.Array:
+  """rows [..., k] @ a quantized kernel whose first `in_axes` axes (k entries together) are contracted, in
+  integers: [..., prod(kernel.shape[in_axes:])] float32.
+
+  The kernel's scale is [1, ..., 1, C] (one per last-axis channel, quantize.quantize_array); broadcast to the
+  kernel and read at input index 0 (it is constant along every other axis), it gives each flattened output
+  column's scale.
+  """
+  q = kernel['int8']
+  q2 = q.reshape(math.prod(q.shape[:in_axes]), -1)
+  scale = jnp.broadcast_to(kernel['scale'], q.shape).reshape(q2.shape)[0]
+  return int8_matmul(rows, q2, scale)
 
 
 def _dense_general(module: nn.DenseGeneral, kernel: dict, x: jax.Array) -> jax.Array:
@@ -73,10 +81,8 @@ def _dense_general(module: nn.DenseGeneral, kernel: dict, x: jax.Array) -> jax.A
     raise NotImplementedError(f'int8 execution of nn.DenseGeneral over axes {module.axis} with batch_dims '
                               f'{module.batch_dims}: only trailing contracted axes are supported')
   n = len(axes)
-  q = kernel['int8']
-  rows = x.reshape(*x.shape[:-n], -1)
-  y = int8_matmul(rows, q.reshape(math.prod(q.shape[:n]), -1), _output_scale(kernel['scale'], q.shape, n))
-  return y.reshape(*x.shape[:-n], *q.shape[n:])
+  y = _contract(x.reshape(*x.shape[:-n], -1), kernel, n)
+  return y.reshape(*x.shape[:-n], *kernel['int8'].shape[n:])
 
 
 def _interceptor(next_fun, args, kwargs, context):
@@ -98,19 +104,17 @@ def _interceptor(next_fun, args, kwargs, context):
     return next_fun(*args, **kwargs)
   bias = module.get_variable('params', 'bias')
   x = args[0]
-  if isinstance(module, layers.Im2colConv):
+  if isinstance(module, layers.Im2colConv):  # patches [..., window x in] @ kernel [window..., in, features].
     strides = module.strides or (1,) * len(module.kernel_size)
     x = layers.extract_patches(x, module.kernel_size, strides, module.padding)
-    y = int8_matmul(x, kernel['int8'].reshape(-1, module.features), kernel['scale'])
+    y = _contract(x, kernel, kernel['int8'].ndim - 1)
   elif isinstance(module, gpt._Dense):  # pylint: disable=protected-access
-    q = kernel['int8']
-    y = int8_matmul(x, q.reshape(math.prod(q.shape[:module.in_axes]), -1),
-                    _output_scale(kernel['scale'], q.shape, module.in_axes))
+    y = _contract(x, kernel, module.in_axes)  # Rows in, flattened outputs out, as _Dense.
     bias = None if bias is None else bias.reshape(-1)
   elif type(module) is nn.DenseGeneral:  # pylint: disable=unidiomatic-typecheck
     y = _dense_general(module, kernel, x)
   else:
-    y = int8_matmul(x, kernel['int8'], kernel['scale'])
+    y = _contract(x, kernel, 1)
   return y + bias if bias is not None else y
 
 

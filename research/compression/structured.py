@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import models
+from research.models import gpt
 from research.cost import analytic
 
 SUPPORTED = ('mlp', 'cnn', 'gpt')
@@ -64,7 +65,7 @@ def _full_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
 def _gpt_widths(config: Mapping[str, Any]) -> tuple[int, int, int]:
   """(heads, head_dim, mlp width) of a full gpt config, with GPT-2's defaults for head_dim and mlp_dim of 0."""
   heads = config['num_heads']
-  return heads, config['head_dim'] or config['d_model'] // heads, config['mlp_dim'] or 4 * config['d_model']
+  return heads, *gpt.widths(config['d_model'], heads, config['head_dim'], config['mlp_dim'])
 
 
 def _widths(config: Mapping[str, Any]) -> dict[str, int]:

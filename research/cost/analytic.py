@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from research import models
+from research.models import gpt
 
 SIGMOID_FLOPS = 3  # -x, 1 + e^-x, 1 / (.): the exponential is a transcendental.
 GELU_FLOPS = 8  # tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) without the tanh.
@@ -157,8 +158,8 @@ def _gpt(m, input_shape) -> list[Layer]:
   """GPT-2 over n tokens: per-token layers at n positions; full n x n attention scores (the causal mask is applied
   to all of them, one select each); the head is the tied embedding (x wte^T, no bias)."""
   n, d, heads, vocab = input_shape[0], m.d_model, m.num_heads, m.num_classes
-  inner = heads * (m.head_dim or d // heads)  # q/k/v width: D unless heads were pruned.
-  width = m.mlp_dim or 4 * d
+  head_dim, width = gpt.widths(d, heads, m.head_dim, m.mlp_dim)
+  inner = heads * head_dim  # q/k/v width: D unless heads were pruned.
   norm = lambda name: Layer(name, 0.0, LAYERNORM_FLOPS * n * d)
   layers = [Layer('embed', 0.0, n * d, input_grad=False)]  # Token lookup (no arithmetic) + positions.
   for b in range(m.num_layers):
@@ -187,7 +188,7 @@ def model_flops_per_token(model_config: Mapping[str, Any], *, seq_len: int, voca
   """
   model = models.get_model(model_config, num_classes=vocab)
   n = param_count(model_config, (seq_len,), vocab) - model.context * model.d_model
-  inner = model.num_heads * (model.head_dim or model.d_model // model.num_heads)  # D unless heads were pruned.
+  inner = model.num_heads * gpt.widths(model.d_model, model.num_heads, model.head_dim)[0]  # D unless heads pruned.
   return 6.0 * n + 12.0 * model.num_layers * seq_len * inner
 
 

@@ -33,6 +33,12 @@ LAYER_NORM_EPS = 1e-5  # GPT-2's (flax's default is 1e-6).
 _ZEROS = nn.initializers.zeros_init()
 
 
+def widths(d_model: int, num_heads: int, head_dim: int = 0, mlp_dim: int = 0) -> tuple[int, int]:
+  """(head_dim, MLP width): the given ones, or GPT-2's D / num_heads and 4 D where 0 (structured pruning, which
+  removes whole heads and MLP units, sets them; research/compression/structured.py)."""
+  return head_dim or d_model // num_heads, mlp_dim or 4 * d_model
+
+
 def _normal(std: float) -> nn.initializers.Initializer:
   return nn.initializers.normal(std)
 
@@ -166,7 +172,7 @@ class CausalSelfAttention(nn.Module):
     Returns: [batch, time, D].
     """
     b, t, d = x.shape
-    head_dim = self.head_dim or d // self.num_heads
+    head_dim, _ = widths(d, self.num_heads, self.head_dim)
     inner = self.num_heads * head_dim  # D, unless heads were pruned (research/compression/structured.py).
     # Tensor parallel (Megatron): q/k/v split by heads (columns), the output projection by heads (rows).
     qkv = _Dense((d, 3, self.num_heads, head_dim), 1, ('embed', None, 'heads', 'kv'), 0.02,
@@ -217,7 +223,7 @@ class Block(nn.Module):
     drop = Dropout(self.dropout_rate, deterministic=not train)
     x = x + drop(CausalSelfAttention(self.num_heads, self.context, self.num_layers, self.attention, self.head_dim,
                                      name='attn')(_layer_norm('ln_1')(x), decode=decode))
-    width = self.mlp_dim or 4 * d
+    _, width = widths(d, self.num_heads, mlp_dim=self.mlp_dim)
     h = _Dense((d, width), 1, ('embed', 'mlp'), 0.02, name='mlp_in')(_layer_norm('ln_2')(x).reshape(b * t, d))
     h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new".
     h = _Dense((width, d), 1, ('mlp', 'embed'), 0.02 / math.sqrt(2 * self.num_layers), name='mlp_out')(h)
