@@ -9,7 +9,8 @@ Methods (--methods, comma-separated; default finetune,int8,qat,prune50,prune90,s
 (the control: fine-tuning alone), int8, w8a8, qat, pruneNN, pruneNN_int8, pruneNN_kd (pruning with the run as teacher), oneshotNN, structuredNN,
 distill (research/compression/compress.py says what each does). Writes
 OUT/table.md (method · metric with Δ vs baseline · parameters · bytes on disk · batch-1 latency · examples/s ·
-FLOPs/example · energy per 1,000 predictions), OUT/summary.json and OUT/compression.png; each compressed model is a
+FLOPs/example · energy per 1,000 predictions; --xz: every model file, the baseline's too, LZMA-compressed),
+OUT/summary.json and OUT/compression.png; each compressed model is a
 directory OUT/METHOD that `python -m experiments.evaluate --workdir=OUT/METHOD` reads. Fine-tuning runs are ordinary
 workdirs under OUT/METHOD/train: rerunning skips finished ones. Exit codes: 0 done, 2 bad input, 1 otherwise.
 """
@@ -36,6 +37,8 @@ _LR_SCALE = flags.DEFINE_float('lr_scale', 1.0, 'Fine-tune learning rate (consta
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds of distill and its from-scratch twin.', lower_bound=1)
 _DISTILL_STEPS = flags.DEFINE_integer('distill_steps', 0, 'Steps of each distill / scratch run; 0: the run\'s own.',
                                       lower_bound=0)
+_XZ = flags.DEFINE_bool('xz', False, 'Store every model, the float32 baseline included, LZMA-compressed '
+                        '(OUT/METHOD/model.safetensors.xz): entropy coding on top of each method.')
 
 
 def main(argv: list[str]) -> None:
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> None:
     cli.usage_error(str(e))
   host.keep_freed_memory()
   options = compress.Options(finetune_steps=_FINETUNE_STEPS.value, lr_scale=_LR_SCALE.value, seeds=_SEEDS.value,
-                             distill_steps=_DISTILL_STEPS.value)
+                             distill_steps=_DISTILL_STEPS.value, xz=_XZ.value)
   t0 = time.time()
   try:
     comp = compress.Compressor(_WORKDIR.value, out=_OUT.value, options=options)

@@ -29,8 +29,19 @@ from research.config import ConfigError
 from research.training import loop
 
 SPLITS = ('test', 'train')
-# A compressed model's params in a workdir without checkpoints (research/compression/storage.py, experiments.compress).
+# A compressed model's params in a workdir without checkpoints (research/compression/storage.py, experiments.compress):
+# the plain file, or the same LZMA-compressed (experiments.compress --xz).
 COMPRESSED_FILE = 'model.safetensors'
+COMPRESSED_FILES = (COMPRESSED_FILE, COMPRESSED_FILE + '.xz')
+
+
+def compressed_file(workdir: str) -> str | None:
+  """The path of the compressed model's params file in `workdir` (one of COMPRESSED_FILES), or None."""
+  found = [os.path.join(workdir, name) for name in COMPRESSED_FILES if os.path.isfile(os.path.join(workdir, name))]
+  if len(found) > 1:
+    raise RunNotFoundError(f'{workdir} holds both {" and ".join(COMPRESSED_FILES)}: remove the one that is not the '
+                           'model')
+  return found[0] if found else None
 
 
 class RunNotFoundError(ValueError):
@@ -132,7 +143,7 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
 
   Args:
     workdir: a directory written by experiments.train (config.json, checkpoints/), or by experiments.compress
-      (config.json, model.safetensors: int8, sparse or smaller dense params, decoded to float32 here).
+      (config.json, model.safetensors[.xz]: int8, sparse or smaller dense params, decoded to float32 here).
     step: the checkpoint to restore; None: the latest.
 
   Returns:
@@ -148,8 +159,7 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   config = _read_config(workdir)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   available = _checkpoint_steps(ckpt_dir)
-  compressed = os.path.join(workdir, COMPRESSED_FILE)
-  compressed = compressed if not available and os.path.isfile(compressed) else None
+  compressed = None if available else compressed_file(workdir)
   if not available and compressed is None:
     raise RunNotFoundError(f'no checkpoint in {ckpt_dir}: the run saved none yet (rerun its experiments.train '
                            'command to finish it; checkpoints are written every config.checkpoint_every steps)')

@@ -1,5 +1,6 @@
 """Per-channel quantization and its straight-through fake-quant; the four on-disk formats' round trips and sizes."""
 
+import lzma
 import os
 
 import jax
@@ -93,6 +94,26 @@ def test_round_trip(tmp_path, fmt):
         np.testing.assert_array_equal(got, np.asarray(quantize.dequantize_array(*quantize.quantize_array(want))))
 
 
+@pytest.mark.parametrize('fmt', storage.FORMATS)
+def test_xz_files_hold_the_same_model_in_fewer_bytes(tmp_path, fmt):
+  params = _mlp(zero_fraction=0.9 if fmt.startswith('sparse') else 0.0, shapes=((200, 100), (5, 1, 25)))
+  plain, xz = str(tmp_path / 'm.safetensors'), str(tmp_path / 'm.safetensors.xz')
+  sizes = [storage.save(path, params, fmt=fmt, metadata={'run': 'x'}) for path in (plain, xz)]
+  assert sizes[1] < sizes[0] and sorted(os.listdir(tmp_path)) == ['m.safetensors', 'm.safetensors.xz']
+  # `xz -d` gives a plain safetensors file back (the same size; safetensors orders the metadata keys by a hash).
+  decompressed = tmp_path / 'd.safetensors'
+  with open(xz, 'rb') as f:
+    decompressed.write_bytes(lzma.decompress(f.read()))
+  assert decompressed.stat().st_size == sizes[0]
+  jax.tree.map(np.testing.assert_array_equal, storage.load(str(decompressed))[0], storage.load(plain)[0])
+  (a, fmt_a, meta_a), (b, fmt_b, meta_b) = storage.load(plain), storage.load(xz)
+  assert fmt_a == fmt_b == fmt and meta_a == meta_b == {'run': 'x'}
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  if fmt == 'int8':
+    jax.tree.map(np.testing.assert_array_equal, storage.load(plain, quantized=True)[0],
+                 storage.load(xz, quantized=True)[0])
+
+
 def test_sizes_of_a_sparse_tree(tmp_path):
   params = _mlp(zero_fraction=0.9, shapes=((200, 250), (250, 200)))  # 100k weights, 90% zero.
   assert storage.sparsity(params) == pytest.approx(0.9)
@@ -116,6 +137,13 @@ def test_errors(tmp_path):
   garbage.write_bytes(b'not a safetensors file')
   with pytest.raises(ValueError, match='not a safetensors file'):
     storage.load(str(garbage))
+  garbage_xz = tmp_path / 'garbage.safetensors.xz'
+  garbage_xz.write_bytes(b'not an xz file')
+  with pytest.raises(ValueError, match='garbage.safetensors.xz is not an xz file'):
+    storage.load(str(garbage_xz))
+  garbage_xz.write_bytes(lzma.compress(b'\x10\x00\x00\x00\x00\x00\x00\x00not json here!!!'))
+  with pytest.raises(ValueError, match='does not hold a safetensors file'):
+    storage.load(str(garbage_xz))
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   foreign = str(tmp_path / 'foreign.safetensors')
   save_file({'w': np.zeros((2, 2), np.float32)}, foreign)

@@ -225,13 +225,24 @@ def test_compress_writes_a_measured_table_and_models_that_evaluate(tmp_path, env
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result['accuracy'] == pytest.approx(m[name]['test_accuracy'], abs=1e-6)
-  # A rerun trains nothing again (finished fine-tunes are skipped) and gives the same accuracies.
+  # A rerun trains nothing again (finished fine-tunes are skipped) and gives the same accuracies; with --xz the
+  # models (the baseline too) are stored LZMA-compressed in place of the plain files, smaller, and still evaluate.
   proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', '--methods=qat',
-               '--finetune_steps=30'], env)
+               '--finetune_steps=30', '--xz'], env)
   assert proc.returncode == 0 and not re.search(r'^\s+trained ', proc.stdout, re.M), proc.stdout[-2000:]
   with open(os.path.join(out, 'summary.json')) as f:
-    again = json.load(f)['methods']
-  assert again['qat']['test_accuracy'] == m['qat']['test_accuracy']
+    again = json.load(f)
+  assert again['methods']['qat']['test_accuracy'] == m['qat']['test_accuracy']
+  for name, entry in (('baseline', again['baseline']), ('qat', again['methods']['qat'])):
+    files = set(os.listdir(os.path.join(out, name)))
+    assert 'model.safetensors.xz' in files and 'model.safetensors' not in files and entry['codec'] == 'xz'
+    assert entry['bytes_on_disk'] == os.path.getsize(os.path.join(out, name, 'model.safetensors.xz'))
+    assert entry['bytes_on_disk'] < (base if name == 'baseline' else m['qat'])['bytes_on_disk']
+  assert 'bytes on disk, xz (% of f32 xz)' in open(os.path.join(out, 'table.md')).read()
+  proc = _run(['experiments.evaluate', f'--workdir={os.path.join(out, "qat")}', '--json'], env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1])['accuracy'] == pytest.approx(m['qat']['test_accuracy'],
+                                                                                      abs=1e-6)
   # Other options than the runs in --out were made with: refused (not silently reused), naming the run.
   proc = _run(['experiments.compress', f'--workdir={trained}', f'--out={out}', '--methods=qat',
                '--finetune_steps=30', '--lr_scale=0.5'], env)

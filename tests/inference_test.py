@@ -200,3 +200,12 @@ def test_cli_errors_exit_2_with_one_line(cli, name, message):
   line, = result.stderr.strip().splitlines()
   assert line.startswith(message.format(tmp=cli.tmp)), line
   assert 'Traceback' not in result.stderr and not result.stdout
+
+
+def test_a_compressed_model_directory_holds_one_params_file(tmp_path):
+  assert inference.compressed_file(str(tmp_path)) is None
+  (tmp_path / 'model.safetensors.xz').write_bytes(b'')
+  assert inference.compressed_file(str(tmp_path)) == str(tmp_path / 'model.safetensors.xz')
+  (tmp_path / 'model.safetensors').write_bytes(b'')
+  with pytest.raises(inference.RunNotFoundError, match='both model.safetensors and model.safetensors.xz'):
+    inference.compressed_file(str(tmp_path))

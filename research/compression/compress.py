@@ -28,8 +28,8 @@ ordinary workdir with its run card; rerunning skips finished ones). Methods (`pa
                  mlp and cnn, half the layers for the gpt.
 
 Measured per model, one after another in this process on one device: test accuracy (eval loss for a language
-model) through research.inference.evaluate, parameters (nonzero ones for pruned models), bytes of model.safetensors,
-batch-1 latency (p50 of 50 calls), examples/s at the eval batch size (both interleaved across the models, best of 3
+model) through research.inference.evaluate, parameters (nonzero ones for pruned models), bytes of model.safetensors
+(of model.safetensors.xz with Options.xz, the baseline's too), batch-1 latency (p50 of 50 calls), examples/s at the eval batch size (both interleaved across the models, best of 3
 rounds), analytic FLOPs per example
 (research/cost/analytic.py: dense FLOPs; no sparse kernels run here, so pruning saves bytes, not FLOPs), and the
 energy of 1,000 predictions from the run's energy source (an estimate on CPU: said so in the table).
@@ -98,11 +98,14 @@ class Options:
     lr_scale: their learning rate, as a fraction of the trained run's (constant schedule).
     seeds: seeds of distill and its from-scratch twin.
     distill_steps: steps of those runs; 0: the trained run's own.
+    xz: store every model, the baseline included, LZMA-compressed (model.safetensors.xz: entropy coding,
+      research/compression/storage.py), so that bytes on disk compare compressed files with compressed files.
   """
   finetune_steps: int = 3000
   lr_scale: float = 1.0
   seeds: int = 3
   distill_steps: int = 0
+  xz: bool = False
 
 
 @dataclasses.dataclass
@@ -122,6 +125,7 @@ class Row:
   energy_source: str
   workdir: str
   extra: dict = dataclasses.field(default_factory=dict)
+  codec: str = 'none'  # 'xz': the file is LZMA-compressed (Options.xz).
 
 
 def _tuples(value):
@@ -159,8 +163,12 @@ class Compressor:
     os.makedirs(directory, exist_ok=True)
     config = _set(config, {'compression.init_from': '', 'compression.teacher': '', 'compression.qat_bits': 0,
                            'compression.sparsity': 0.0, 'compression.int8_matmul': int8_matmul})
-    storage.save(os.path.join(directory, inference.COMPRESSED_FILE), jax.device_get(params), fmt=fmt,
+    plain, xz = (os.path.join(directory, name) for name in inference.COMPRESSED_FILES)
+    path, other = (xz, plain) if self.options.xz else (plain, xz)
+    storage.save(path, jax.device_get(params), fmt=fmt,
                  metadata={'method': name, 'source': self.source.workdir, 'step': self.source.step})
+    if os.path.exists(other):  # From an earlier run with the other codec: the directory holds one model file.
+      os.remove(other)
     with open(os.path.join(directory, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     return directory
@@ -170,7 +178,7 @@ class Compressor:
     measured later, for all models together (`time_all`)."""
     run = inference.load_run(directory)
     metrics = inference.evaluate(run, 'test')
-    path = os.path.join(directory, inference.COMPRESSED_FILE)
+    path = inference.compressed_file(directory)
     decoded, fmt, _ = storage.load(path)
     leaves = jax.tree.leaves(decoded)
     # Stored parameters: a sparse format keeps only the nonzero weights (and every bias); others keep them all.
@@ -183,7 +191,7 @@ class Compressor:
         flops_per_example=cost.analytic_flops(run.config.model, input_shape=run.input_shape,
                                               num_classes=run.num_classes),
         batch1_p50_ms=float('nan'), examples_per_s=float('nan'), joules_per_1000=float('nan'), energy_source='',
-        workdir=directory, extra=extra)
+        workdir=directory, extra=extra, codec='xz' if path.endswith(storage.XZ_SUFFIX) else 'none')
     device = run.mesh.devices.flat[0]
     forward = jax.jit(lambda p, x: run.model.apply({'params': p}, x, train=False))
     self._timed.append((row, forward, jax.device_put(run.params, device)))
@@ -391,7 +399,8 @@ def summary(rows: list[Row], *, lm: bool, command: str, machine: dict, versions:
     return {metric: r.metric, f'{metric}_std': r.metric_std, 'bytes_on_disk': r.bytes_on_disk, 'params': r.params,
             'flops_per_example': r.flops_per_example, 'batch1_p50_ms': r.batch1_p50_ms,
             'examples_per_s': r.examples_per_s, 'joules_per_1000_predictions': r.joules_per_1000,
-            'energy_source': r.energy_source, 'storage_format': r.storage_format, 'description': r.description,
+            'energy_source': r.energy_source, 'storage_format': r.storage_format, 'codec': r.codec,
+            'description': r.description,
             'workdir': r.workdir, **{k: v for k, v in r.extra.items() if k != 'energy_assumptions'}}
 
   base = rows[0]
@@ -405,7 +414,8 @@ def table(rows: list[Row], *, lm: bool) -> str:
   FLOPs, energy per 1,000 predictions."""
   base = rows[0]
   metric = 'eval loss (nats/token)' if lm else 'test accuracy'
-  lines = [f'| method | {metric} (Δ vs baseline) | parameters | bytes on disk (% of f32) | batch-1 p50 | '
+  size = 'bytes on disk, xz (% of f32 xz)' if base.codec == 'xz' else 'bytes on disk (% of f32)'
+  lines = [f'| method | {metric} (Δ vs baseline) | parameters | {size} | batch-1 p50 | '
            f'examples/s | FLOPs/example | energy / 1,000 predictions |',
            '|---|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
@@ -460,6 +470,8 @@ def write_outputs(out: str, rows: list[Row], *, source: str, lm: bool, command: 
       'FLOPs/example are the analytic dense count (research/cost/analytic.py); pruned weights are stored sparse but '
       'run as dense kernels here, so pruning saves bytes, not FLOPs or time. int8 weights are decoded to float32 '
       'when loaded: storage shrinks, latency does not.', '',
+      *(['Every model file, the float32 baseline included, is LZMA-compressed (model.safetensors.xz, `--xz`): '
+         'bytes on disk compare compressed files with compressed files.', ''] if rows[0].codec == 'xz' else []),
       f'Command: `{command}`', '', f'Machine: {json.dumps(machine)}', '', f'Versions: {json.dumps(versions)}', ''])
   with open(os.path.join(out, 'table.md'), 'w') as f:
     f.write(text)
