@@ -1,6 +1,9 @@
 """Test setup: 8 fake CPU devices so sharding code runs anywhere; set before jax is imported."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Emulated devices are threads of one process; a collective waits for all of them, and XLA:CPU aborts the process
 # when one arrives more than 40 s late. On 2 busy cores (a pytest worker beside subprocess runs) a thread can be
@@ -11,6 +14,18 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
                            + CPU_COLLECTIVE_PATIENCE).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# One persistent XLA compilation cache for the whole session, the xdist workers and every subprocess they start
+# (they inherit the environment): many tests train the same model configs, and compiling is most of a short run's
+# time. The dir is made once, by pytest's main process (workers inherit the variable). With a maximum size JAX
+# locks each read and write (filelock), so that two processes never see half of an entry. The first compile of
+# each program in a session still goes through XLA.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='costlab-test-xla-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
 
 
 def pytest_collection_modifyitems(items):
