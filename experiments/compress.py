@@ -10,8 +10,8 @@ Methods (--methods, comma-separated; default finetune,int8,qat,prune50,prune90,s
 distill (research/compression/compress.py says what each does). Writes
 OUT/table.md (method · metric with Δ vs baseline · parameters · bytes on disk · batch-1 latency · examples/s ·
 FLOPs/example · energy per 1,000 predictions; --xz: every model file, the baseline's too, LZMA-compressed),
-OUT/summary.json and OUT/compression.png; each compressed model is a
-directory OUT/METHOD that `python -m experiments.evaluate --workdir=OUT/METHOD` reads. Fine-tuning runs are ordinary
+OUT/summary.json and OUT/compression.png; each compressed model is a directory OUT/METHOD that
+`python -m experiments.evaluate --workdir=OUT/METHOD` reads. Fine-tuning runs are ordinary
 workdirs under OUT/METHOD/train: rerunning skips finished ones. Exit codes: 0 done, 2 bad input, 1 otherwise.
 """
 

@@ -29,8 +29,8 @@ ordinary workdir with its run card; rerunning skips finished ones). Methods (`pa
 
 Measured per model, one after another in this process on one device: test accuracy (eval loss for a language
 model) through research.inference.evaluate, parameters (nonzero ones for pruned models), bytes of model.safetensors
-(of model.safetensors.xz with Options.xz, the baseline's too), batch-1 latency (p50 of 50 calls), examples/s at the eval batch size (both interleaved across the models, best of 3
-rounds), analytic FLOPs per example
+(of model.safetensors.xz with Options.xz, the baseline's too), batch-1 latency (p50 of 50 calls), examples/s at the
+eval batch size (both interleaved across the models, best of 3 rounds), analytic FLOPs per example
 (research/cost/analytic.py: dense FLOPs; no sparse kernels run here, so pruning saves bytes, not FLOPs), and the
 energy of 1,000 predictions from the run's energy source (an estimate on CPU: said so in the table).
 """
