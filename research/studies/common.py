@@ -167,6 +167,13 @@ def num(x: float | None, spec: str = '.3g', suffix: str = '') -> str:
   return '—' if x is None or not math.isfinite(x) else f'{x:{spec}}{suffix}'
 
 
+def sweep_cell(acc: float, chosen: bool) -> str:
+  """A learning-rate sweep's cell: test accuracy in % (one decimal), bold where it is the chosen rate, '—' where
+  the run diverged (a non-finite score)."""
+  text = num(100 * acc, '.1f')
+  return f'**{text}**' if chosen else text
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> str:
   """A markdown table; the first `left` columns are left-aligned, the rest right-aligned."""
   align = ['---' if i < left else '---:' for i in range(len(headers))]

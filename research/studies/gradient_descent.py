@@ -6,7 +6,6 @@ equal-epoch length); the chosen rate then trains as ordinary runs with fresh see
 for the wall-clock budget (budget.max_seconds: the run stops itself, with its card, when the time is up).
 """
 
-import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -137,15 +136,10 @@ def _sections(plan, rows) -> list[tuple[str, str]]:
         f"{r['time']['steps']:,.0f}", common.num(r['time']['epochs'], '.1f'),
         common.num(r['time']['examples_per_s'], '.3g')] for r in sorted(rows, key=lambda r: -r['epochs']['mean'])])
   sweep = common.table(['method', *[f'lr={lr:g}' for lr in plan['lrs']]],
-                       [[r['method'], *[_cell(r['tune_accuracy'][str(lr)], lr == r['lr']) for lr in plan['lrs']]]
-                        for r in rows])
+                       [[r['method'], *[common.sweep_cell(r['tune_accuracy'][str(lr)], lr == r['lr'])
+                                        for lr in plan['lrs']]] for r in rows])
   return [('Results (mean ± std over seeds)', main),
           ('Learning-rate sweep (seed 0, equal epochs, final test accuracy; bold: chosen; — diverged)', sweep)]
-
-
-def _cell(acc: float, chosen: bool) -> str:
-  text = '—' if not math.isfinite(acc) else f'{100 * acc:.1f}'
-  return f'**{text}**' if chosen else text
 
 
 def _plot(ctx, plan, epoch_runs, time_runs, name) -> None:

@@ -127,15 +127,10 @@ def _sections(plan: dict, rows: list[dict]) -> list[tuple[str, str]]:
         common.num(r['ms_per_step'], '.2f'), f"{r['params']:,}"] for r in ranked], left=2)
   sweep = common.table(
       ['model', 'optimizer', *[f'lr={lr:g}' for lr in plan['lrs']]],
-      [[r['model'], r['optimizer'], *[_cell(r['tune_accuracy'][str(lr)], lr == r['best_lr']) for lr in plan['lrs']]]
-       for r in ranked], left=2)
+      [[r['model'], r['optimizer'], *[common.sweep_cell(r['tune_accuracy'][str(lr)], lr == r['best_lr'])
+                                      for lr in plan['lrs']]] for r in ranked], left=2)
   return [('Each optimizer at its best learning rate (sorted by test accuracy)', main),
           ('Learning-rate sweep (seed 0, final test accuracy; bold: the chosen rate; — diverged)', sweep)]
-
-
-def _cell(acc: float, chosen: bool) -> str:
-  text = '—' if not math.isfinite(acc) else f'{100 * acc:.1f}'
-  return f'**{text}**' if chosen else text
 
 
 def _plot(ctx, plan, rows, curves, name) -> None:
