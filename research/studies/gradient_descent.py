@@ -6,7 +6,6 @@ equal-epoch length); the chosen rate then trains as ordinary runs with fresh see
 for the wall-clock budget (budget.max_seconds: the run stops itself, with its card, when the time is up).
 """
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 
